@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The local lab: the DB tier in three systemd containers on this machine.
+#
+#   scripts/lab.sh up      set up the machine if needed, create the containers,
+#                          run playbooks/site.yml, print how to connect
+#   scripts/lab.sh info    print how to connect
+#   scripts/lab.sh down    remove the containers and the network (keeps secrets)
+#   scripts/lab.sh purge   down, and forget the lab's secrets and certificates
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${VENV:-$ROOT/.venv}
+NET=dine360-lab
+SUBNET=10.89.0.0/24
+IPRANGE=10.89.0.192/26   # Docker's own allocations stay clear of the nodes and the VIP
+NODES=(pg1:10.89.0.11 pg2:10.89.0.12 pg3:10.89.0.13)
+VIP=10.89.0.100
+SECRETS=inventories/lab/group_vars/all/secrets.yml
+log() { printf '\033[1;32m[lab]\033[0m %s\n' "$*"; }
+
+# The same container settings as molecule/default/molecule.yml (see docs/TESTING.md).
+RUN_OPTS=(--cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined
+          --security-opt apparmor=unconfined --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw
+          --tmpfs /run --tmpfs /run/lock --tmpfs /tmp --stop-signal SIGRTMIN+3)
+
+create() {
+  docker network inspect "$NET" >/dev/null 2>&1 || {
+    log "creating network $NET ($SUBNET)"
+    docker network create --subnet "$SUBNET" --ip-range "$IPRANGE" "$NET" >/dev/null
+  }
+  local image node name ip
+  image=$("$ROOT/scripts/base-image.sh")
+  for node in "${NODES[@]}"; do
+    name=${node%%:*}; ip=${node#*:}
+    if ! docker container inspect "dine360-lab-$name" >/dev/null 2>&1; then
+      log "creating container dine360-lab-$name ($ip)"
+      docker run -d --name "dine360-lab-$name" --hostname "$name" --network "$NET" --ip "$ip" \
+        "${RUN_OPTS[@]}" "$image" >/dev/null
+    else
+      docker start "dine360-lab-$name" >/dev/null
+    fi
+  done
+  for node in "${NODES[@]}"; do
+    name=${node%%:*}
+    for _ in $(seq 1 30); do
+      state=$(docker exec "dine360-lab-$name" systemctl is-system-running 2>/dev/null || true)
+      [[ $state == running || $state == degraded ]] && break; sleep 1
+    done
+  done
+}
+
+info() {
+  # shellcheck disable=SC1090
+  local stats_pw
+  stats_pw=$(sed -n 's/^haproxy_stats_password: "\(.*\)"/\1/p' "$SECRETS" 2>/dev/null)
+  cat <<INFO
+
+  dine360 lab — DB tier on the VIP $VIP
+    write endpoint   postgresql://<user>@$VIP:5000/<db>   (primary, through PgBouncer)
+    read endpoint    postgresql://<user>@$VIP:5001/<db>   (replicas, through PgBouncer)
+    HAProxy stats    http://$VIP:7000/   user haproxy, password in $SECRETS
+                     (curl -su haproxy:\$(sed -n 's/^haproxy_stats_password: "\\(.*\\)"/\\1/p' $SECRETS) http://$VIP:7000/\;csv)
+    Prometheus       http://$VIP:7000/metrics
+    Patroni          docker exec dine360-lab-pg1 patronictl -c /etc/patroni/patroni.yml list
+    superuser shell  docker exec -it -u postgres dine360-lab-pg1 psql
+    topology JSON    .artifacts/lab-topology.json  (for tests/ha and bench/)
+INFO
+  [ -n "$stats_pw" ] || true
+  docker exec dine360-lab-pg1 patronictl -c /etc/patroni/patroni.yml list 2>/dev/null || true
+}
+
+case "${1:-up}" in
+  up)
+    "$ROOT/scripts/setup.sh"
+    create
+    python3 scripts/gen_secrets.py "$SECRETS"
+    log "running playbooks/site.yml"
+    start=$(date +%s)
+    "$VENV/bin/ansible-playbook" -i inventories/lab playbooks/site.yml "${@:2}"
+    log "site.yml took $(( $(date +%s) - start )) s"
+    mkdir -p .artifacts
+    "$VENV/bin/ansible-playbook" -i inventories/lab tools/topology.yml -e topology_path="$ROOT/.artifacts/lab-topology.json" >/dev/null
+    info ;;
+  info) info ;;
+  down)
+    for node in "${NODES[@]}"; do docker rm -f "dine360-lab-${node%%:*}" >/dev/null 2>&1 || true; done
+    docker network rm "$NET" >/dev/null 2>&1 || true
+    log "lab removed (secrets kept in $SECRETS)" ;;
+  purge)
+    "$0" down
+    rm -rf "$SECRETS" .secrets/lab
+    log "lab secrets and certificates removed" ;;
+  *) echo "usage: $0 up|info|down|purge" >&2; exit 2 ;;
+esac
