@@ -94,15 +94,15 @@ def render(results: dict, timings: dict, runs: int, sync: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, section: str) -> None:
+def write_section(path: str, section: str, start: str = START, end: str = END) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     else:
         text = "# Benchmarks\n\nResults of the scripts in `bench/`, rewritten by them.\n\n"
-    if START in text and END in text and text.index(START) < text.index(END):
-        head = text[:text.index(START)]
-        tail = text[text.index(END) + len(END):]
+    if start in text and end in text and text.index(start) < text.index(end):
+        head = text[:text.index(start)]
+        tail = text[text.index(end) + len(end):]
         text = head + section.rstrip("\n") + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section

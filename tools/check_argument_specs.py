@@ -10,7 +10,8 @@ roles/):
 * argument_specs must have a ``main`` entry point with ``options``;
 * every key of defaults/main.yml must be an option of the ``main`` entry point (missing);
 * every option without a default must be ``required: true`` or be documented as a secret
-  or as required: its description mentions "secret" or "required" (extra).
+  or as required, or as an optional per-host setting: its description mentions "secret",
+  "required" or "optional per-host" (extra).
 
 Prints every problem, role by role, and a summary. Exit status: 0 when every role passes,
 1 when a role has a problem (or no role was found), 2 on a usage error.
@@ -26,7 +27,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROLES_DIR = REPO / "collections" / "ansible_collections" / "dine360" / "saas" / "roles"
-DOC_MARKERS = ("secret", "required")
+DOC_MARKERS = ("secret", "required", "optional per-host")
 
 
 class _Loader(yaml.SafeLoader):
