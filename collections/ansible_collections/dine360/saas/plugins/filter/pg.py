@@ -71,9 +71,19 @@ def cidr_list(value, variable='cidrs'):
     return out
 
 
+def changed_keys(desired, current):
+    """Keys of ``desired`` whose value differs from ``current`` (compared as text, as
+    PostgreSQL settings are), sorted. A key missing from ``current`` counts as changed."""
+    if not isinstance(desired, dict) or not isinstance(current or {}, dict):
+        raise AnsibleFilterError('changed_keys expects two dictionaries')
+    current = current or {}
+    return sorted(k for k, v in desired.items() if k not in current or str(current[k]) != str(v))
+
+
 class FilterModule(object):
     def filters(self):
         return {
             'pg_memory_settings': pg_memory_settings,
             'cidr_list': cidr_list,
+            'changed_keys': changed_keys,
         }

@@ -61,3 +61,13 @@ def test_cidr_list_names_variable_and_entry(bad):
 def test_cidr_list_rejects_non_lists():
     with pytest.raises(AnsibleFilterError, match='must be a list'):
         pg.cidr_list({'a': 1}, 'x')
+
+
+def test_changed_keys():
+    desired = {'max_connections': 320, 'work_mem': '4MB', 'new': 'on'}
+    current = {'max_connections': 300, 'work_mem': '4MB', 'other': 1}
+    assert pg.changed_keys(desired, current) == ['max_connections', 'new']
+    assert pg.changed_keys({'a': 1}, {'a': '1'}) == []
+    assert pg.changed_keys({'a': 1}, None) == ['a']
+    with pytest.raises(AnsibleFilterError):
+        pg.changed_keys([], {})
