@@ -18,7 +18,8 @@ VIP=10.89.0.100
 SECRETS=inventories/lab/group_vars/all/secrets.yml
 log() { printf '\033[1;32m[lab]\033[0m %s\n' "$*"; }
 
-# The same container settings as molecule/default/molecule.yml (see docs/TESTING.md).
+# The same container settings as molecule/default/molecule.yml (systemd as PID 1 without
+# --privileged: see README "Tests").
 RUN_OPTS=(--cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined
           --security-opt apparmor=unconfined --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw
           --tmpfs /run --tmpfs /run/lock --tmpfs /tmp --stop-signal SIGRTMIN+3)
