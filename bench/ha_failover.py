@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--output", help="markdown file whose ha_failover section is rewritten")
     ap.add_argument("--rejoin-timeout", type=float, default=180)
+    ap.add_argument("--label", default="",
+                    help="names a separate section (e.g. a timing profile), so several can be kept")
     args = ap.parse_args(argv)
     if not args.topology:
         ap.error("--topology (or D360_TOPOLOGY) is required")
@@ -189,7 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"acknowledged commits lost: {lost}; failed runs: {len(results['errors'])}")
 
     if args.output:
-        write_section(args.output, render(results, timings, args.runs, sync))
+        section = render(results, timings, args.runs, sync)
+        start, end = START, END
+        if args.label:
+            start = START.replace(":start", f":{args.label}:start")
+            end = END.replace(":end", f":{args.label}:end")
+            section = (section.replace(START, start).replace(END, end)
+                       .replace("## HA failover (bench/ha_failover.py)",
+                                f"## HA failover, {args.label} (bench/ha_failover.py --label {args.label})"))
+        write_section(args.output, section, start, end)
         log(f"wrote {args.output}")
     return 1 if results["errors"] or (sync and lost) else 0
 
