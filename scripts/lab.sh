@@ -51,9 +51,6 @@ create() {
 }
 
 info() {
-  # shellcheck disable=SC1090
-  local stats_pw
-  stats_pw=$(sed -n 's/^haproxy_stats_password: "\(.*\)"/\1/p' "$SECRETS" 2>/dev/null)
   cat <<INFO
 
   dine360 lab — DB tier on the VIP $VIP
@@ -66,7 +63,6 @@ info() {
     superuser shell  docker exec -it -u postgres dine360-lab-pg1 psql
     topology JSON    .artifacts/lab-topology.json  (for tests/ha and bench/)
 INFO
-  [ -n "$stats_pw" ] || true
   docker exec dine360-lab-pg1 patronictl -c /etc/patroni/patroni.yml list 2>/dev/null || true
 }
 
