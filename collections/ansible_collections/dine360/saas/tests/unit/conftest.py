@@ -1,0 +1,87 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dine360.saas engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Make ``ansible_collections.dine360.saas`` importable, and provide a real PostgreSQL.
+
+The ``pg_server`` fixture runs PostgreSQL 15 from Debian's packages (installed by
+scripts/setup.sh) in a temporary directory on loopback: the tenant module is tested
+against the real server, never a mock.
+"""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+_COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..', '..'))
+if _COLLECTIONS not in sys.path:
+    sys.path.insert(0, _COLLECTIONS)
+
+PG_BIN = os.environ.get('D360_PG_BIN', '/usr/lib/postgresql/15/bin')
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _as_server_user(argv):
+    """PostgreSQL refuses to run as root: run it as the postgres system user then."""
+    if os.geteuid() == 0:
+        return ['runuser', '-u', 'postgres', '--'] + argv
+    return argv
+
+
+class PgServer(object):
+    def __init__(self, base, port):
+        self.base, self.port = base, port
+        self.data = os.path.join(base, 'data')
+        self.socket_dir = os.path.join(base, 'sock')
+
+    def params(self, **kw):
+        p = dict(login_user='postgres', login_password='', login_host='', login_unix_socket=self.socket_dir,
+                 login_port=self.port, login_db='postgres', connect_timeout=5)
+        p.update(kw)
+        return p
+
+
+@pytest.fixture(scope='session')
+def pg_server():
+    if not os.path.exists(os.path.join(PG_BIN, 'postgres')):
+        pytest.fail('PostgreSQL 15 server binaries not found in %s: run scripts/setup.sh '
+                    '(it installs Debian\'s postgresql-15)' % PG_BIN)
+    base = tempfile.mkdtemp(prefix='d360-pgunit-')
+    server = PgServer(base, _free_port())
+    os.makedirs(server.socket_dir)
+    if os.geteuid() == 0:
+        shutil.chown(base, 'postgres', 'postgres')
+        shutil.chown(server.socket_dir, 'postgres', 'postgres')
+    subprocess.run(_as_server_user([os.path.join(PG_BIN, 'initdb'), '-D', server.data, '-U', 'postgres',
+                                    '-E', 'UTF8', '--locale=C.UTF-8', '--auth-local=trust',
+                                    '--auth-host=scram-sha-256']),
+                   check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(server.data, 'postgresql.auto.conf'), 'a') as f:
+        f.write("listen_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\n"
+                "max_connections = 200\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                % (server.port, server.socket_dir))
+    log = os.path.join(base, 'server.log')
+    subprocess.run(_as_server_user([os.path.join(PG_BIN, 'pg_ctl'), '-D', server.data, '-l', log,
+                                    '-w', '-t', '60', 'start']), check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield server
+    finally:
+        subprocess.run(_as_server_user([os.path.join(PG_BIN, 'pg_ctl'), '-D', server.data, '-m', 'immediate',
+                                        'stop']), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)
+        shutil.rmtree(base, ignore_errors=True)
