@@ -21,6 +21,7 @@ KEYS = {
     'pgbouncer_stats_password': 32,
     'haproxy_stats_password': 24,
     'keepalived_auth_pass': 8,
+    'saas_password_seed': 48,
 }
 ALPHABET = string.ascii_letters + string.digits
 

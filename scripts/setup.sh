@@ -42,6 +42,16 @@ if ! command -v psql >/dev/null 2>&1; then
   apt_install postgresql-client-15 || apt_install postgresql-client
 fi
 
+# PostgreSQL 15 server binaries for the module unit tests and benchmarks, which start
+# their own throw-away server on loopback (no packaged cluster is created or started).
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+  log "installing postgresql-15 (server binaries for the unit tests)"
+  as_root mkdir -p /etc/postgresql-common
+  [ -f /etc/postgresql-common/createcluster.conf ] || \
+    echo "create_main_cluster = false" | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
+  apt_install postgresql-15
+fi
+
 # --- 2. Docker engine -----------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
   if ! command -v dockerd >/dev/null 2>&1; then

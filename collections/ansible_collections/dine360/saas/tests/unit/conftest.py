@@ -15,15 +15,17 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
+from ansible.plugins.loader import init_plugin_loader
+from ansible.utils.collection_loader import AnsibleCollectionConfig
+
 _COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..', '..'))
-if _COLLECTIONS not in sys.path:
-    sys.path.insert(0, _COLLECTIONS)
+if AnsibleCollectionConfig.collection_finder is None:  # plain pytest, not ansible-test units
+    init_plugin_loader([_COLLECTIONS])
 
 PG_BIN = os.environ.get('D360_PG_BIN', '/usr/lib/postgresql/15/bin')
 

@@ -1,0 +1,69 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, dine360.saas engineers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Unit tests of the tenant filters (PgBouncer entries, list checks, passwords)."""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import pytest
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.dine360.saas.plugins.filter import tenants as f
+
+PLANS = {
+    'starter': dict(connection_limit=20, pool_size=5, statement_timeout='60s', storage_quota_mb=1,
+                    backup_retention_days=1),
+    'premium': dict(connection_limit=80, pool_size=20, statement_timeout='60s', storage_quota_mb=1,
+                    backup_retention_days=1),
+}
+GROUPS = {'core': dict(app_role='odoo_core', max_connections=150), 'vip': dict(app_role='odoo_vip')}
+
+
+def test_only_tenants_off_the_default_pool_get_an_entry():
+    tenants = [dict(name='a-one', plan='starter', group='core'),
+               dict(name='b-two', plan='premium', group='core'),
+               dict(name='c-gone', plan='premium', group='core', state='absent'),
+               dict(name='d-sus', plan='premium', group='core', state='suspended')]
+    assert f.tenant_pgbouncer_databases(tenants, PLANS, '5') == [
+        {'name': 'b-two', 'pool_size': 20, 'max_db_connections': 80},
+        {'name': 'd-sus', 'pool_size': 20, 'max_db_connections': 80},
+    ]
+    suspended = [dict(name='e-sus', plan='starter', group='core', state='suspended')]
+    assert f.tenant_pgbouncer_databases(suspended, PLANS, 5) == [
+        {'name': 'e-sus', 'pool_size': 5, 'max_db_connections': 20}]
+
+
+def test_pgbouncer_disable_follows_suspension():
+    show = ['pgbouncer,,6432,pgbouncer,pgbouncer,2,0,0,statement,20,0,0,0',
+            'a-sus,127.0.0.1,5432,a-sus,,5,0,5,,20,0,0,0',
+            'b-back,127.0.0.1,5432,b-back,,5,0,5,,20,0,0,1',
+            'c-fine,127.0.0.1,5432,c-fine,,5,0,5,,20,0,0,0']
+    tenants = [dict(name='a-sus', state='suspended'), dict(name='b-back', state='present'),
+               dict(name='c-fine', state='present'), dict(name='d-unlisted', state='suspended')]
+    every = ['suspend', 'resume']
+    assert f.tenant_pgbouncer_switches(show, tenants, None, every) == [
+        {'command': 'DISABLE', 'name': 'a-sus'}, {'command': 'ENABLE', 'name': 'b-back'}]
+    assert f.tenant_pgbouncer_switches(show, tenants, ['b-back'], every) == [{'command': 'ENABLE', 'name': 'b-back'}]
+    assert f.tenant_pgbouncer_switches(show, tenants, None, ['create', 'update']) == []
+
+
+def test_invalid_entries_never_reach_pgbouncer():
+    tenants = [dict(name='x"; drop', plan='premium', group='core'), dict(name='ok-name', plan='nope')]
+    assert f.tenant_pgbouncer_databases(tenants, PLANS, 5) == []
+
+
+def test_list_errors_match_the_module():
+    assert f.tenant_list_errors([dict(name='a-one', plan='starter', group='core')], PLANS, GROUPS) == []
+    errors = f.tenant_list_errors([dict(name='Bad', plan='starter', group='core'),
+                                   dict(name='www', plan='starter', group='core')], PLANS, GROUPS, ['www'])
+    assert len(errors) == 2 and "'Bad'" in errors[0] and 'reserved' in errors[1]
+
+
+def test_passwords():
+    assert f.tenant_password('s' * 20, 'report', 'a-one') == f.tenant_password('s' * 20, 'report', 'a-one')
+    with pytest.raises(AnsibleFilterError):
+        f.tenant_password('', 'app', 'core')
+    with pytest.raises(AnsibleFilterError):
+        f.tenant_password('s' * 20, 'other', 'core')
