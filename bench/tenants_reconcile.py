@@ -34,6 +34,7 @@ import hmac
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -304,12 +305,24 @@ def ansible_env(workdir: str) -> dict[str, str]:
     return env
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def playbook(workdir: str, env: dict[str, str], name: str) -> tuple[float, dict]:
-    """Run one playbook; returns (wall-clock seconds, summary of the json callback's output)."""
+    """Run one playbook; returns (wall-clock seconds, summary of the json callback's output).
+
+    The summary also has the CPU seconds of ansible-playbook and every module process it ran
+    (not the server's) and the load average when it ended, to judge a busy machine.
+    """
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", name]
+    cpu0 = children_cpu()
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     took = time.monotonic() - t0
+    cpu = children_cpu() - cpu0
+    load = os.getloadavg()[0]
     with open(os.path.join(workdir, f"{name}.{int(time.time() * 1000)}.log"), "w", encoding="utf-8") as fh:
         fh.write(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     try:
@@ -320,7 +333,9 @@ def playbook(workdir: str, env: dict[str, str], name: str) -> tuple[float, dict]
         sys.stdout.write("\n".join(failures(out)) if out else proc.stdout[-4000:])
         sys.stdout.write("\n" + proc.stderr[-3000:])
         raise SystemExit(f"ansible-playbook {name} failed (rc={proc.returncode})")
-    return took, summarize(out)
+    summary = summarize(out)
+    summary.update(ansible_cpu_s=round(cpu, 1), load_after=round(load, 1))
+    return took, summary
 
 
 def failures(out: dict) -> list[str]:
@@ -445,6 +460,14 @@ def render(res: dict) -> str:
         f" re-run: changed=0 ({loop['rerun']['changed_items']} items changed), about {per_item:.2f} s"
         " per module run."
     )
+    cpu_text = (
+        "Ansible-side CPU (ansible-playbook and the module processes, not the server), with the"
+        " 1-minute load average at the end of each run: ours"
+        f" {ours['first']['ansible_cpu_s']:.1f} s (load {ours['first']['load_after']:.1f}) and"
+        f" {ours['rerun']['ansible_cpu_s']:.1f} s (load {ours['rerun']['load_after']:.1f}); the loop"
+        f" {loop['first']['ansible_cpu_s']:.1f} s (load {loop['first']['load_after']:.1f}) and"
+        f" {loop['rerun']['ansible_cpu_s']:.1f} s (load {loop['rerun']['load_after']:.1f}), first run and re-run."
+    )
     targets = [
         "| Target | Measured | Verdict |",
         "| --- | --- | --- |",
@@ -489,6 +512,8 @@ def render(res: dict) -> str:
         f"| `dine360.saas.tenants`, one task | {ours['first_s']:.1f} | {ours['rerun_s']:.1f} |",
         f"| `postgresql_user` + `postgresql_db` loops | {loop['first_s']:.1f} | {loop['rerun_s']:.1f} |",
         f"| Ratio loop / ours | {ratio['first']:.1f}x | {ratio['rerun']:.1f}x |",
+        "",
+        cpu_text,
         "",
         *targets,
         "",

@@ -21,7 +21,7 @@ SECRETS = {
     'patroni_rewind_password': 'W' * 20, 'patroni_restapi_password': 'A' * 20,
     'pgbouncer_auth_password': 'B' * 20, 'pgbouncer_admin_password': 'C' * 20,
     'pgbouncer_stats_password': 'D' * 20, 'haproxy_stats_password': 'E' * 20,
-    'keepalived_auth_pass': 'k33p4l1v',
+    'keepalived_auth_pass': 'k33p4l1v', 'saas_password_seed': 'Z' * 40,
 }
 BASE = {
     'ansible_connection': 'local', 'ansible_become': False,
@@ -36,9 +36,10 @@ BASE = {
 }
 
 
-def run(tmp_path, overrides=None, drop=(), hosts=3, etcd_hosts=None, tags='preflight'):
+def run(tmp_path, overrides=None, drop=(), hosts=3, etcd_hosts=None, tags='preflight',
+        playbook='playbooks/db_cluster.yml', extra=()):
     inv = tmp_path / 'inv'
-    (inv / 'group_vars').mkdir(parents=True)
+    (inv / 'group_vars').mkdir(parents=True, exist_ok=True)
     names = ['n%d' % i for i in range(1, hosts + 1)]
     etcd = names[:etcd_hosts] if etcd_hosts else names
     hosts_yml = {'all': {'children': {
@@ -55,8 +56,8 @@ def run(tmp_path, overrides=None, drop=(), hosts=3, etcd_hosts=None, tags='prefl
     (inv / 'group_vars' / 'all.yml').write_text(yaml.safe_dump(gv))
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ['PATH'], ANSIBLE_NOCOLOR='1',
                ANSIBLE_STDOUT_CALLBACK='ansible.builtin.default')
-    p = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inv), 'playbooks/db_cluster.yml',
-                        '--tags', tags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inv), playbook, '--tags', tags]
+                       + list(extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = p.stdout + p.stderr
     changed = [int(c) for c in re.findall(r'changed=(\d+)', out)]
     return p.returncode, out, changed
@@ -101,3 +102,48 @@ def test_no_secret_in_output(tmp_path):
     assert rc != 0
     for value in SECRETS.values():
         assert value not in out, textwrap.shorten(out, 500)
+
+
+# --------------------------------------------------------------------------- tenant list
+
+GOOD_TENANTS = [{'name': 'pizza-roma', 'plan': 'starter', 'group': 'core', 'state': 'present'}]
+
+
+def test_valid_tenant_list_passes_preflight(tmp_path):
+    rc, out, changed = run(tmp_path, overrides={'saas_tenants': GOOD_TENANTS}, playbook='playbooks/tenants.yml')
+    assert rc == 0, out[-3000:]
+    assert '1 tenants, 3 plans, 1 groups: valid.' in out, out[-3000:]
+    assert changed and not any(changed), out[-2000:]
+
+
+@pytest.mark.parametrize('case, tenants, expect', [
+    ('bad names', GOOD_TENANTS + [
+        {'name': 'Pizza', 'plan': 'starter', 'group': 'core'},
+        {'name': '1pizza', 'plan': 'starter', 'group': 'core'},
+        {'name': 'p' * 42, 'plan': 'starter', 'group': 'core'},
+        {'name': 'a"; drop database x; --', 'plan': 'starter', 'group': 'core'},
+        {'name': 'postgres', 'plan': 'starter', 'group': 'core'},
+        {'name': 'core-template', 'plan': 'starter', 'group': 'core'},
+        {'name': 'pizza-roma', 'plan': 'starter', 'group': 'core'},
+        {'name': 'new-one', 'plan': 'gold', 'group': 'core'},
+        {'name': 'other-one', 'plan': 'starter', 'group': 'nowhere'},
+     ], ["saas_tenants[1] 'Pizza'", "saas_tenants[2] '1pizza'", "saas_tenants[3] '%s'" % ('p' * 42),
+         'drop database x', "saas_tenants[5] 'postgres'", "'core-template' is a reserved name",
+         'saas_tenants[7] \'pizza-roma\': duplicate of saas_tenants[0]', "unknown plan 'gold'",
+         "unknown group 'nowhere'"]),
+])
+def test_bad_tenant_list_stops_before_any_change(tmp_path, case, tenants, expect):
+    rc, out, changed = run(tmp_path, overrides={'saas_tenants': tenants}, playbook='playbooks/tenants.yml')
+    assert rc != 0, '%s: the run should have failed\n%s' % (case, out[-3000:])
+    for text in expect:
+        assert text in out, '%s: %r not in output\n%s' % (case, text, out[-4000:])
+    assert not any(changed), out[-2000:]
+
+
+def test_unknown_tenant_and_missing_seed(tmp_path):
+    rc, out, _ = run(tmp_path, overrides={'saas_tenants': GOOD_TENANTS}, playbook='playbooks/tenants.yml',
+                     extra=['-e', 'tenant=ghost-town'])
+    assert rc != 0 and 'Not in saas_tenants: ghost-town' in out, out[-3000:]
+    rc, out, _ = run(tmp_path, overrides={'saas_tenants': GOOD_TENANTS}, drop=['saas_password_seed'],
+                     playbook='playbooks/tenants.yml')
+    assert rc != 0 and 'saas_password_seed is missing' in out, out[-3000:]

@@ -25,8 +25,7 @@ def tenant_list_errors(tenants, plans, groups, reserved=()):
 
 
 def tenant_pgbouncer_databases(tenants, plans, default_pool_size):
-    """[databases] entries for tenants whose plan's pool differs from the default, and
-    for suspended tenants (so that PgBouncer lists them and they can be DISABLEd).
+    """[databases] entries for tenants whose plan's pool differs from the default.
 
     Every other tenant goes through PgBouncer's wildcard entry. Absent tenants and
     entries that fail validation are left out (the module reports those).
@@ -42,35 +41,10 @@ def tenant_pgbouncer_databases(tenants, plans, default_pool_size):
             pool = int(plan['pool_size'])
         except (KeyError, TypeError, ValueError):
             continue
-        if pool != int(default_pool_size) or t.get('state') == 'suspended':
+        if pool != int(default_pool_size):
             out.append({'name': t['name'], 'pool_size': pool,
                         'max_db_connections': int(plan.get('connection_limit', pool))})
     return sorted(out, key=lambda e: e['name'])
-
-
-def tenant_pgbouncer_switches(show_databases, tenants, only=None, actions=()):
-    """PgBouncer admin commands that make its DISABLE state follow the tenants' states.
-
-    ``show_databases``: the lines of ``SHOW DATABASES`` as headerless CSV (name first,
-    ``disabled`` last). Suspended tenants are DISABLEd (new clients refused at once
-    instead of waiting on a database that refuses connections); present ones ENABLEd.
-    """
-    listed = {}
-    for line in show_databases or []:
-        cols = line.split(',')
-        if len(cols) > 2:
-            listed[cols[0]] = cols[-1].strip() == '1'
-    out = []
-    for t in tenants or []:
-        name = t.get('name') if isinstance(t, dict) else None
-        if name not in listed or (only and name not in only) or not _t.NAME_RE.match(name):
-            continue
-        state = t.get('state', 'present')
-        if state == 'suspended' and not listed[name] and 'suspend' in actions:
-            out.append({'command': 'DISABLE', 'name': name})
-        elif state == 'present' and listed[name] and 'resume' in actions:
-            out.append({'command': 'ENABLE', 'name': name})
-    return out
 
 
 def tenant_password(seed, purpose, name):
@@ -88,6 +62,5 @@ class FilterModule(object):
         return {
             'tenant_list_errors': tenant_list_errors,
             'tenant_pgbouncer_databases': tenant_pgbouncer_databases,
-            'tenant_pgbouncer_switches': tenant_pgbouncer_switches,
             'tenant_password': tenant_password,
         }

@@ -306,9 +306,8 @@ def read_state(cursor, role_names):
 
 
 def setup_marker(tenant, group, auth_user):
-    digest = hashlib.sha256(('%s|%s|%s|%s|%s' % (SETUP_VERSION, tenant['name'], group['app_role'],
-                                                  report_role(tenant['name']), auth_user or '')
-                             ).encode('utf-8')).hexdigest()[:16]
+    key = '|'.join([SETUP_VERSION, tenant['name'], group['app_role'], report_role(tenant['name']), auth_user or ''])
+    digest = hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]
     return '%sname=%s group=%s setup=%s' % (MARKER_PREFIX, tenant['name'], tenant['group'], digest)
 
 

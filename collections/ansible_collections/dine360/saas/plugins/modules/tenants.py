@@ -28,13 +28,13 @@ description:
   - Runs on one connection to the primary; a connection to a tenant database is opened only
     when objects inside it must change.
 author:
-  - dine360.saas engineers
+  - dine360.saas engineers (@dine360)
 extends_documentation_fragment:
   - dine360.saas.postgres
 attributes:
   check_mode:
     support: full
-    description: Nothing is changed; RV(changed) and RV(statements) predict the run.
+    description: Nothing is changed; C(changed) and RV(statements) predict the run.
   diff_mode:
     support: full
     description: Before and after of every tenant that changes.

@@ -30,23 +30,6 @@ def test_only_tenants_off_the_default_pool_get_an_entry():
         {'name': 'b-two', 'pool_size': 20, 'max_db_connections': 80},
         {'name': 'd-sus', 'pool_size': 20, 'max_db_connections': 80},
     ]
-    suspended = [dict(name='e-sus', plan='starter', group='core', state='suspended')]
-    assert f.tenant_pgbouncer_databases(suspended, PLANS, 5) == [
-        {'name': 'e-sus', 'pool_size': 5, 'max_db_connections': 20}]
-
-
-def test_pgbouncer_disable_follows_suspension():
-    show = ['pgbouncer,,6432,pgbouncer,pgbouncer,2,0,0,statement,20,0,0,0',
-            'a-sus,127.0.0.1,5432,a-sus,,5,0,5,,20,0,0,0',
-            'b-back,127.0.0.1,5432,b-back,,5,0,5,,20,0,0,1',
-            'c-fine,127.0.0.1,5432,c-fine,,5,0,5,,20,0,0,0']
-    tenants = [dict(name='a-sus', state='suspended'), dict(name='b-back', state='present'),
-               dict(name='c-fine', state='present'), dict(name='d-unlisted', state='suspended')]
-    every = ['suspend', 'resume']
-    assert f.tenant_pgbouncer_switches(show, tenants, None, every) == [
-        {'command': 'DISABLE', 'name': 'a-sus'}, {'command': 'ENABLE', 'name': 'b-back'}]
-    assert f.tenant_pgbouncer_switches(show, tenants, ['b-back'], every) == [{'command': 'ENABLE', 'name': 'b-back'}]
-    assert f.tenant_pgbouncer_switches(show, tenants, None, ['create', 'update']) == []
 
 
 def test_invalid_entries_never_reach_pgbouncer():
