@@ -347,8 +347,10 @@ class Planner(object):
         self.steps.append(Step(query, params, db, display))
 
     def local_groups(self):
+        """Groups managed on this cluster: all when no cluster is named, else those whose
+        db_cluster is this one or unset."""
         return dict((n, g) for n, g in self.groups.items()
-                    if self.cluster is None or g.get('db_cluster', self.cluster) == self.cluster)
+                    if self.cluster is None or g.get('db_cluster') in (None, self.cluster))
 
     def role_names(self):
         names = set(g['app_role'] for g in self.local_groups().values())

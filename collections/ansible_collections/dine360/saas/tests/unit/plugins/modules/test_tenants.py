@@ -385,3 +385,17 @@ def test_module_through_ansible_never_prints_secrets(pg, tmp_path):
     assert proc.returncode == 0, out
     for secret in [SEED, app_pw('core'), report_pw('alpha')]:
         assert secret not in out
+
+
+def test_groups_of_other_clusters_are_left_alone(pg):
+    server, cur = pg
+    groups = dict(GROUPS, far=dict(app_role='u_odoo_far', db_cluster='other-cluster'))
+    tenants = [tenant('alpha'), tenant('delta', group='far')]
+    res = tu.reconcile(cur, lambda db: pgu.connect(server.params(), db), tenants, PLANS, groups, SEED,
+                       cluster='this-cluster', auth_user='pgb_auth')
+    assert res['created'] == ['alpha'] and 'delta' not in databases(cur)
+    cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'u_odoo_far'")
+    assert cur.fetchone()[0] == 0
+    res = tu.reconcile(cur, lambda db: pgu.connect(server.params(), db), tenants, PLANS, groups, SEED,
+                       cluster='other-cluster', auth_user='pgb_auth')
+    assert res['created'] == ['delta']
