@@ -398,19 +398,26 @@ def reset(server: PgServer) -> None:
 
 
 def run_side(label: str, book: str, server: PgServer, workdir: str, env: dict[str, str],
-             names: list[str]) -> dict:
+             names: list[str], reruns: int) -> dict:
+    """First run, then ``reruns`` idempotent re-runs (each must change nothing); the median is kept."""
     server.checkpoint()
     log(f"{label}: first run ({len(names)} tenants)")
     first, first_summary = playbook(workdir, env, book)
     verify(server, names)
     log(f"{label}: first run {first:.1f} s {first_summary}")
-    server.checkpoint()
-    log(f"{label}: idempotent re-run")
-    rerun, rerun_summary = playbook(workdir, env, book)
-    log(f"{label}: re-run {rerun:.1f} s {rerun_summary}")
-    if rerun_summary["changed_tasks"] or rerun_summary["changed_items"] or rerun_summary.get("module_changed"):
-        raise SystemExit(f"{label}: the re-run changed something: {rerun_summary}")
-    return {"first_s": round(first, 2), "rerun_s": round(rerun, 2), "first": first_summary, "rerun": rerun_summary}
+    runs = []
+    for i in range(1, reruns + 1):
+        server.checkpoint()
+        log(f"{label}: idempotent re-run {i}/{reruns}")
+        took, summary = playbook(workdir, env, book)
+        log(f"{label}: re-run {took:.1f} s {summary}")
+        if summary["changed_tasks"] or summary["changed_items"] or summary.get("module_changed"):
+            raise SystemExit(f"{label}: the re-run changed something: {summary}")
+        runs.append((took, summary))
+    runs.sort(key=lambda r: r[0])
+    rerun, rerun_summary = runs[len(runs) // 2]
+    return {"first_s": round(first, 2), "rerun_s": round(rerun, 2), "reruns_s": [round(r[0], 2) for r in runs],
+            "first": first_summary, "rerun": rerun_summary}
 
 
 def ansible_version(env: dict[str, str]) -> str:
@@ -460,14 +467,28 @@ def render(res: dict) -> str:
         f" re-run: changed=0 ({loop['rerun']['changed_items']} items changed), about {per_item:.2f} s"
         " per module run."
     )
-    cpu_text = (
-        "Ansible-side CPU (ansible-playbook and the module processes, not the server), with the"
-        " 1-minute load average at the end of each run: ours"
-        f" {ours['first']['ansible_cpu_s']:.1f} s (load {ours['first']['load_after']:.1f}) and"
-        f" {ours['rerun']['ansible_cpu_s']:.1f} s (load {ours['rerun']['load_after']:.1f}); the loop"
-        f" {loop['first']['ansible_cpu_s']:.1f} s (load {loop['first']['load_after']:.1f}) and"
-        f" {loop['rerun']['ansible_cpu_s']:.1f} s (load {loop['rerun']['load_after']:.1f}), first run and re-run."
-    )
+    def reruns(side: dict) -> str:
+        if len(side["reruns_s"]) == 1:
+            return "one re-run"
+        return f"median of {len(side['reruns_s'])} re-runs: " + ", ".join(f"{t:.1f}" for t in side["reruns_s"])
+
+    def row(label: str, side: dict) -> str:
+        return (f"| {label} | {side['first_s']:.1f} | {side['rerun_s']:.1f} |"
+                f" {side['first']['ansible_cpu_s']:.1f} / {side['rerun']['ansible_cpu_s']:.1f} |"
+                f" {side['first']['load_after']:.1f} / {side['rerun']['load_after']:.1f} |")
+
+    table = [
+        ("| Side | First run (s) | Idempotent re-run (s) | Ansible CPU, first / re-run (s)"
+         " | Load after, first / re-run |"),
+        "|---|---:|---:|---:|---:|",
+        row("`dine360.saas.tenants`, one task", ours),
+        row("`postgresql_user` + `postgresql_db` loops", loop),
+        f"| Ratio loop / ours | {ratio['first']:.1f}x | {ratio['rerun']:.1f}x | | |",
+        "",
+        (f"Re-run times: ours {reruns(ours)}; the loop {reruns(loop)}. Ansible CPU is that of"
+         " ansible-playbook and the module processes (not the server's); the load is the 1-minute"
+         " load average when the run ended (other jobs on the machine show there)."),
+    ]
     targets = [
         "| Target | Measured | Verdict |",
         "| --- | --- | --- |",
@@ -487,9 +508,11 @@ def render(res: dict) -> str:
         " `CONNECT` on `postgres` and `template1`. A loop doing all of that would need"
         " `postgresql_privs`, `postgresql_query` or similar tasks per tenant on top of the two"
         " measured here. Both first runs include the same server work, one `CREATE DATABASE` from"
-        " template0 per tenant (WAL-logged and fsynced), which is most of ours; the re-run shows"
-        " the per-item cost of the loop (a Python module start-up and a new connection per item)"
-        " against one module run that reads the cluster with a handful of catalog queries."
+        " template0 per tenant (WAL-logged and fsynced), which is most of ours, so the first-run"
+        " ratio is bounded by that shared cost; the issue's 20x target is read as the re-run's (the"
+        " first run is listed for reference). The re-run shows the per-item cost of the loop (a"
+        " Python module start-up and a new connection per item) against one module run that reads"
+        " the cluster with a handful of catalog queries."
         f" max_connections is {res['max_connections']} because the module as measured keeps the"
         " connection to each new tenant database open until the end of the run: a first run that"
         " creates more tenants than max_connections allows fails with `too many clients`."
@@ -507,13 +530,7 @@ def render(res: dict) -> str:
         ours_text,
         loop_text,
         "",
-        "| Side | First run (s) | Idempotent re-run (s) |",
-        "|---|---:|---:|",
-        f"| `dine360.saas.tenants`, one task | {ours['first_s']:.1f} | {ours['rerun_s']:.1f} |",
-        f"| `postgresql_user` + `postgresql_db` loops | {loop['first_s']:.1f} | {loop['rerun_s']:.1f} |",
-        f"| Ratio loop / ours | {ratio['first']:.1f}x | {ratio['rerun']:.1f}x |",
-        "",
-        cpu_text,
+        *table,
         "",
         *targets,
         "",
@@ -530,10 +547,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-connections", type=int,
                     help="server max_connections (default tenants + 100: the module's first run keeps"
                          " one connection per new tenant database open until it is done)")
+    ap.add_argument("--reruns", type=int, default=3,
+                    help="idempotent re-runs of the module, the median is reported (default 3)")
+    ap.add_argument("--loop-reruns", type=int, default=1,
+                    help="idempotent re-runs of the loop, the median is reported (default 1: each takes minutes)")
     ap.add_argument("--keep", action="store_true", help="leave the server and its directory for debugging")
     args = ap.parse_args(argv)
-    if args.tenants < 1:
-        ap.error("--tenants must be at least 1")
+    if args.tenants < 1 or args.reruns < 1 or args.loop_reruns < 1:
+        ap.error("--tenants, --reruns and --loop-reruns must be at least 1")
     names = tenant_names(args.tenants)
     max_connections = args.max_connections or args.tenants + 100
     server = PgServer(max_connections)
@@ -546,10 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         env = ansible_env(workdir)
         log("warm-up (not timed)")
         playbook(workdir, env, "warmup.yml")
-        ours = run_side("ours", "ours.yml", server, workdir, env, names)
+        ours = run_side("ours", "ours.yml", server, workdir, env, names, args.reruns)
         log("dropping everything before the loop side")
         reset(server)
-        loop = run_side("loop", "loop.yml", server, workdir, env, names)
+        loop = run_side("loop", "loop.yml", server, workdir, env, names, args.loop_reruns)
         res = {
             "tenants": args.tenants,
             "measured": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),

@@ -22,6 +22,8 @@ KEYS = {
     'haproxy_stats_password': 24,
     'keepalived_auth_pass': 8,
     'saas_password_seed': 48,
+    'postgres_exporter_password': 32,
+    'grafana_admin_password': 24,
 }
 ALPHABET = string.ascii_letters + string.digits
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The local lab: the DB tier in three systemd containers on this machine.
+# The local lab: the DB tier in three systemd containers and monitoring in a fourth.
 #
 #   scripts/lab.sh up      set up the machine if needed, create the containers,
 #                          run playbooks/site.yml, print how to connect
@@ -13,7 +13,7 @@ VENV=${VENV:-$ROOT/.venv}
 NET=dine360-lab
 SUBNET=10.89.0.0/24
 IPRANGE=10.89.0.192/26   # Docker's own allocations stay clear of the nodes and the VIP
-NODES=(pg1:10.89.0.11 pg2:10.89.0.12 pg3:10.89.0.13)
+NODES=(pg1:10.89.0.11 pg2:10.89.0.12 pg3:10.89.0.13 mon1:10.89.0.21)
 VIP=10.89.0.100
 SECRETS=inventories/lab/group_vars/all/secrets.yml
 log() { printf '\033[1;32m[lab]\033[0m %s\n' "$*"; }
@@ -59,6 +59,8 @@ info() {
     HAProxy stats    http://$VIP:7000/   user haproxy, password in $SECRETS
                      (curl -su haproxy:\$(sed -n 's/^haproxy_stats_password: "\\(.*\\)"/\\1/p' $SECRETS) http://$VIP:7000/\;csv)
     Prometheus       http://$VIP:7000/metrics
+    Prometheus       http://10.89.0.21:9090/   (alerts: http://10.89.0.21:9090/alerts)
+    Alertmanager     http://10.89.0.21:9093/
     Patroni          docker exec dine360-lab-pg1 patronictl -c /etc/patroni/patroni.yml list
     superuser shell  docker exec -it -u postgres dine360-lab-pg1 psql
     topology JSON    .artifacts/lab-topology.json  (for tests/ha and bench/)

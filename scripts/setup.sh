@@ -52,6 +52,13 @@ if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
   apt_install postgresql-15
 fi
 
+# promtool (Debian's prometheus package) for the alert rule unit tests; the server it
+# brings is not started here.
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (promtool, for the alert rule tests)"
+  apt_install prometheus
+fi
+
 # --- 2. Docker engine -----------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
   if ! command -v dockerd >/dev/null 2>&1; then
