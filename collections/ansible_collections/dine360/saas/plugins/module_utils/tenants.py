@@ -558,20 +558,24 @@ class Planner(object):
 # --------------------------------------------------------------------------- execution
 
 def execute(steps, cursor, connect_db):
-    """Run the steps in order; per-database steps share one connection per database.
+    """Run the steps in order; a tenant database's steps share one connection, closed as
+    soon as the run moves on (so a run creating hundreds of tenants holds at most two).
 
     Returns the executed statements' text (passwords masked). On failure the exception
     carries ``executed`` so the caller can report exactly what had been done.
     """
-    executed, conns = [], {}
+    executed, db_name, db_conn = [], None, None
     try:
         for step in steps:
+            if step.db != db_name and db_conn is not None:
+                db_conn.close()
+                db_name, db_conn = None, None
             if step.db is None:
                 cur = cursor
             else:
-                if step.db not in conns:
-                    conns[step.db] = connect_db(step.db)
-                cur = conns[step.db].cursor()
+                if db_conn is None:
+                    db_name, db_conn = step.db, connect_db(step.db)
+                cur = db_conn.cursor()
             text = step.text(cur)
             try:
                 cur.execute(step.query, step.params)
@@ -581,8 +585,8 @@ def execute(steps, cursor, connect_db):
                 raise
             executed.append(text if step.db is None else '[%s] %s' % (step.db, text))
     finally:
-        for conn in conns.values():
-            conn.close()
+        if db_conn is not None:
+            db_conn.close()
     return executed
 
 

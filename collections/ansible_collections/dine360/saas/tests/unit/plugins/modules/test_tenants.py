@@ -399,3 +399,20 @@ def test_groups_of_other_clusters_are_left_alone(pg):
     res = tu.reconcile(cur, lambda db: pgu.connect(server.params(), db), tenants, PLANS, groups, SEED,
                        cluster='other-cluster', auth_user='pgb_auth')
     assert res['created'] == ['delta']
+
+
+def test_a_large_first_run_holds_few_connections(pg):
+    """Each new database's connection is closed before the next one is opened."""
+    server, cur = pg
+    opened, peak = [], [0]
+
+    def connect_db(db):
+        conn = pgu.connect(server.params(), db)
+        opened.append(conn)
+        peak[0] = max(peak[0], sum(1 for c in opened if not c.closed))
+        return conn
+
+    tenants = [tenant('bulk-%02d' % i) for i in range(12)]
+    res = tu.reconcile(cur, connect_db, tenants, PLANS, GROUPS, SEED, auth_user='pgb_auth')
+    assert len(res['created']) == 12
+    assert len(opened) == 12 and peak[0] == 1 and all(c.closed for c in opened), peak
