@@ -570,14 +570,16 @@ def execute(steps, cursor, connect_db):
             if step.db != db_name and db_conn is not None:
                 db_conn.close()
                 db_name, db_conn = None, None
-            if step.db is None:
-                cur = cursor
-            else:
-                if db_conn is None:
-                    db_name, db_conn = step.db, connect_db(step.db)
-                cur = db_conn.cursor()
-            text = step.text(cur)
+            text = None
             try:
+                if step.db is None:
+                    cur = cursor
+                else:
+                    if db_conn is None:
+                        text = 'connecting to database %s' % step.db
+                        db_name, db_conn = step.db, connect_db(step.db)
+                    cur = db_conn.cursor()
+                text = step.text(cur)
                 cur.execute(step.query, step.params)
             except Exception as e:
                 e.executed = executed

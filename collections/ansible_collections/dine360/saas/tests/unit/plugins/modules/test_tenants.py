@@ -416,3 +416,15 @@ def test_a_large_first_run_holds_few_connections(pg):
     res = tu.reconcile(cur, connect_db, tenants, PLANS, GROUPS, SEED, auth_user='pgb_auth')
     assert len(res['created']) == 12
     assert len(opened) == 12 and peak[0] == 1 and all(c.closed for c in opened), peak
+
+
+def test_a_failed_connection_reports_what_was_done(pg):
+    server, cur = pg
+
+    def refuse(db):
+        raise psycopg2.OperationalError('too many clients already')
+
+    with pytest.raises(psycopg2.OperationalError) as err:
+        tu.reconcile(cur, refuse, [tenant('alpha')], PLANS, GROUPS, SEED, auth_user='pgb_auth')
+    assert err.value.failed == 'connecting to database alpha'
+    assert any(s.startswith('CREATE DATABASE "alpha"') for s in err.value.executed), err.value.executed
