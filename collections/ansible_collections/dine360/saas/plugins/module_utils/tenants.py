@@ -40,7 +40,6 @@ SETUP_VERSION = '1'
 MARKER_PREFIX = 'dine360 tenant '
 
 # Where offboarding looks for a recorded final backup (written by the backup modules).
-BACKUP_CATALOG = ('dine360', 'tenant_backups')
 BACKUP_CATALOG_DDL = (
     "CREATE SCHEMA IF NOT EXISTS dine360; "
     "CREATE TABLE IF NOT EXISTS dine360.tenant_backups ("
