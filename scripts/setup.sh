@@ -52,11 +52,18 @@ if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
   apt_install postgresql-15
 fi
 
-# promtool (Debian's prometheus package) for the alert rule unit tests; the server it
-# brings is not started here.
+# promtool (Debian's prometheus package) for the alert rule unit tests, and PgBouncer for
+# the PgBouncer exporter's unit tests (they start their own instance on a free port).
+# Services the packages start with Debian's defaults are stopped: the tests need none.
 if ! command -v promtool >/dev/null 2>&1; then
   log "installing prometheus (promtool, for the alert rule tests)"
-  apt_install prometheus
+  apt_install --no-install-recommends prometheus
+  as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+if [ ! -x /usr/sbin/pgbouncer ]; then
+  log "installing pgbouncer (for the PgBouncer exporter's unit tests)"
+  apt_install --no-install-recommends pgbouncer
+  as_root systemctl disable --now pgbouncer >/dev/null 2>&1 || true
 fi
 
 # --- 2. Docker engine -----------------------------------------------------------
