@@ -58,7 +58,7 @@ info() {
     read endpoint    postgresql://<user>@$VIP:5001/<db>   (replicas, through PgBouncer)
     HAProxy stats    http://$VIP:7000/   user haproxy, password in $SECRETS
                      (curl -su haproxy:\$(sed -n 's/^haproxy_stats_password: "\\(.*\\)"/\\1/p' $SECRETS) http://$VIP:7000/\;csv)
-    Prometheus       http://$VIP:7000/metrics
+    HAProxy metrics  http://$VIP:7000/metrics
     Prometheus       http://10.89.0.21:9090/   (alerts: http://10.89.0.21:9090/alerts)
     Alertmanager     http://10.89.0.21:9093/
     Patroni          docker exec dine360-lab-pg1 patronictl -c /etc/patroni/patroni.yml list
