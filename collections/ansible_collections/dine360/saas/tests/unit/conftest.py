@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -87,3 +88,49 @@ def pg_server():
                                         'stop']), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         time.sleep(0.2)
         shutil.rmtree(base, ignore_errors=True)
+
+
+class S3Server(object):
+    """A moto server (the S3-compatible test server named in DESIGN.md) on loopback."""
+
+    def __init__(self, port):
+        self.port = port
+        self.endpoint_url = 'http://127.0.0.1:%d' % port
+        self.access_key_id = 'testing'
+        self.secret_access_key = 'testing-secret'
+
+    def client(self):
+        import boto3
+        return boto3.client('s3', endpoint_url=self.endpoint_url, region_name='us-east-1',
+                            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key)
+
+    def bucket(self, name):
+        """Create a fresh bucket and return its target spec."""
+        self.client().create_bucket(Bucket=name)
+        return {'type': 's3', 'bucket': name, 'endpoint_url': self.endpoint_url, 'region': 'us-east-1',
+                'access_key_id': self.access_key_id, 'secret_access_key': self.secret_access_key}
+
+
+@pytest.fixture(scope='session')
+def s3_server():
+    moto = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), 'moto_server')
+    if not os.path.exists(moto):
+        moto = shutil.which('moto_server')
+    if not moto:
+        pytest.fail('moto_server not found: install requirements.txt (scripts/setup.sh does)')
+    server = S3Server(_free_port())
+    log = tempfile.NamedTemporaryFile(prefix='d360-moto-', suffix='.log', delete=False)
+    proc = subprocess.Popen([moto, '-H', '127.0.0.1', '-p', str(server.port)], stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(('127.0.0.1', server.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail('moto_server did not start (log: %s)' % log.name)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(10)
