@@ -225,21 +225,58 @@ def test_bad_targets_fail_before_anything_is_written(pg, path_target, s3_server,
     assert cur.fetchone()[0] is None
 
 
-def test_wrong_s3_credentials_are_named(pg, path_target, s3_server):
-    """moto checks signatures once IAM is on: a wrong secret is refused with the S3 error code."""
-    server, cur = pg
-    spec = s3_server.bucket('creds-%s' % uuid.uuid4().hex[:8])
-    bad = dict(spec, access_key_id='AKIA-NOT-A-KEY', secret_access_key='wrong-secret')
-    target = make_target(bad)
+@pytest.fixture(scope='module')
+def s3_auth(tmp_path_factory):
+    """A moto server that checks signatures (IAM on after three unauthenticated setup calls)."""
+    import socket
+    import shutil
+    import time
+    import boto3
+    moto = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), 'moto_server')
+    if not os.path.exists(moto):
+        moto = shutil.which('moto_server')
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    log = open(str(tmp_path_factory.mktemp('moto') / 'moto.log'), 'w')
+    proc = subprocess.Popen([moto, '-H', '127.0.0.1', '-p', str(port)], stdout=log, stderr=log,
+                            env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT='3'))
     try:
-        target.check()
-        accepted = True
-    except Exception as e:  # noqa: BLE001 -- we want the message
-        accepted = False
-        assert 'check the credentials' in str(e) or 'refused' in str(e), str(e)
-        assert 'wrong-secret' not in str(e)
-    if accepted:
-        pytest.skip('this moto server does not check credentials (INITIAL_NO_AUTH_ACTION_COUNT unset)')
+        for dummy in range(100):
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        url = 'http://127.0.0.1:%d' % port
+        iam = boto3.client('iam', endpoint_url=url, region_name='us-east-1', aws_access_key_id='setup',
+                           aws_secret_access_key='setup')
+        iam.create_user(UserName='dumper')
+        iam.put_user_policy(UserName='dumper', PolicyName='all', PolicyDocument=json.dumps(
+            {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': '*', 'Resource': '*'}]}))
+        key = iam.create_access_key(UserName='dumper')['AccessKey']
+        spec = {'type': 's3', 'bucket': 'authed', 'endpoint_url': url, 'region': 'us-east-1',
+                'access_key_id': key['AccessKeyId'], 'secret_access_key': key['SecretAccessKey']}
+        make_target(spec).client.create_bucket(Bucket='authed')
+        yield spec
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_wrong_s3_credentials_fail_before_anything_is_written(pg, path_target, s3_auth):
+    server, cur = pg
+    make_target(s3_auth).check()  # the right key works
+    for bad, code in ((dict(s3_auth, secret_access_key='wrong-secret-value'), 'SignatureDoesNotMatch'),
+                      (dict(s3_auth, access_key_id='AKIANOTAKEY0000'), 'InvalidAccessKeyId')):
+        with pytest.raises(td.DumpError) as err:
+            do_dump(server, ['alpha'], [path_target, bad])
+        text = str(err.value)
+        assert 'backup_targets[1]' in text and 'check the credentials' in text, text
+        assert 'wrong-secret-value' not in text and s3_auth['secret_access_key'] not in text
+    assert make_target(path_target).list('') == []
 
 
 def test_unknown_tenant_fails_before_dumping(pg, path_target):
