@@ -44,7 +44,6 @@ from ansible_collections.dine360.saas.plugins.module_utils.backup_store import (
     CHUNK,
     BackupError,
     ChecksumError,
-    NotFoundError,
     ObjectExists,
     TargetError,
     make_target,
@@ -297,7 +296,7 @@ def server_facts(cursor):
 
 
 def dump(params, connect, tenants, targets_spec, cluster, kind='manual', parallel=4, pg_bin=PG_BIN,
-         dump_globals=True, node=None, now=None, check_mode=False, metrics_file=None):
+         dump_globals=True, node=None, now=None, check_mode=False, metrics_file=None, skip_missing=False):
     """Dump ``tenants`` to every target. Returns the result dict of the module."""
     if kind not in KINDS:
         raise DumpError('kind must be one of %s' % ', '.join(KINDS))
@@ -317,8 +316,9 @@ def dump(params, connect, tenants, targets_spec, cluster, kind='manual', paralle
         facts = server_facts(cur)
         dbs = read_databases(cur, names)
         missing = [n for n in names if n not in dbs]
-        if missing:
+        if missing and not skip_missing:
             raise DumpError(['tenant %r has no database on this cluster: nothing was dumped' % n for n in missing])
+        names = [n for n in names if n in dbs]
         closed = [n for n in names if not dbs[n]['allow_connections']]
         if closed and facts['in_recovery']:
             if kind == 'final':
@@ -329,7 +329,7 @@ def dump(params, connect, tenants, targets_spec, cluster, kind='manual', paralle
                                 'skipped on this replica' % n)
             names = [n for n in names if n not in closed]
         ts = utc_timestamp(now)
-        result = dict(changed=bool(names), node=node, in_recovery=facts['in_recovery'], pg_version=facts['pg_version'],
+        result = dict(changed=bool(names), node=node, skipped=missing + [n for n in closed if facts['in_recovery']], in_recovery=facts['in_recovery'], pg_version=facts['pg_version'],
                       timestamp=ts, kind=kind, dumps={}, globals=None, records=[], warnings=warnings,
                       targets=[t.describe() for t in targets])
         if check_mode:
@@ -344,7 +344,7 @@ def dump(params, connect, tenants, targets_spec, cluster, kind='manual', paralle
                 cur.execute(sql.SQL('ALTER DATABASE {} CONNECTION LIMIT 0').format(ident))
                 cur.execute(sql.SQL('ALTER DATABASE {} ALLOW_CONNECTIONS true').format(ident))
                 opened.append(n)
-            if dump_globals:
+            if dump_globals and names:
                 result['globals'] = _dump_globals(params, targets, cluster, ts, node, facts, pg_bin)
             env = pg_env(params)
 

@@ -25,6 +25,8 @@ description:
     manifest before touching any database, restores it into C(<name>__restoring) and only then moves it
     into place. Restored onto its own name, the current database is renamed aside to
     C(<name>__pre_<timestamp>) and kept. A failed restore drops the temporary database.
+  - C(metrics) writes the node_exporter textfile metrics of a C(dump) result (O(dumps), O(timestamp)); a
+    separate action because the dump runs as C(postgres) and the textfile directory is root's.
   - C(expire) deletes dumps older than the tenant's retention, always keeping the newest complete dump of
     each tenant and every C(final) dump.
 author:
@@ -37,13 +39,14 @@ attributes:
     description: Targets are checked read-only, nothing is written, dumped, restored or deleted; the result predicts the run.
   diff_mode:
     support: none
+    description: Dumps and restores are reported in the result, not as a diff.
 options:
   action:
     description:
       - C(dump) the O(tenants); C(record) O(records) in the catalog on the primary; C(restore) O(tenant);
-        C(expire) old dumps.
+        C(metrics) of a dump; C(expire) old dumps.
     type: str
-    choices: [dump, record, restore, expire]
+    choices: [dump, record, restore, metrics, expire]
     default: dump
   targets:
     description:
@@ -110,6 +113,21 @@ options:
       - How many tenants are dumped at the same time.
     type: int
     default: 4
+  skip_missing:
+    description:
+      - Skip (and list in RV(skipped)) tenants without a database instead of failing, for final dumps before
+        offboarding where some tenants may be gone already.
+    type: bool
+    default: false
+  dumps:
+    description:
+      - For C(metrics), the RV(dumps) of a C(dump) run.
+    type: dict
+    default: {}
+  timestamp:
+    description:
+      - For C(metrics), the RV(timestamp) of the C(dump) run.
+    type: str
   globals:
     description:
       - Also store C(pg_dumpall --globals-only) (roles with their password hashes, tablespaces) once per run.
@@ -121,7 +139,7 @@ options:
     type: str
   metrics_file:
     description:
-      - node_exporter textfile to update after a dump (atomically; other tenants' lines are kept).
+      - node_exporter textfile to update after a dump (atomically; other tenants' lines are kept). Needed by C(metrics).
     type: path
   pg_bin:
     description:
@@ -244,6 +262,11 @@ records:
   returned: action is dump or record
   type: list
   elements: dict
+skipped:
+  description: Tenants not dumped (no database with O(skip_missing), or suspended on a replica).
+  returned: action is dump
+  type: list
+  elements: str
 recorded:
   description: Whether the dumps were recorded in the catalog by this run (only on a primary).
   returned: action is dump
@@ -329,7 +352,10 @@ def target_spec():
 def main():
     argument_spec = postgres_argument_spec()
     argument_spec.update(
-        action=dict(type='str', choices=['dump', 'record', 'restore', 'expire'], default='dump'),
+        action=dict(type='str', choices=['dump', 'record', 'restore', 'metrics', 'expire'], default='dump'),
+        skip_missing=dict(type='bool', default=False),
+        dumps=dict(type='dict', default={}),
+        timestamp=dict(type='str'),
         targets=dict(type='list', elements='dict', default=[], options=target_spec()),
         cluster=dict(type='str'),
         tenants=dict(type='list', elements='str', default=[]),
@@ -355,10 +381,11 @@ def main():
             ('action', 'dump', ('cluster',)),
             ('action', 'restore', ('cluster', 'tenant')),
             ('action', 'expire', ('cluster',)),
+            ('action', 'metrics', ('metrics_file', 'timestamp')),
         ],
     )
     p = module.params
-    if p['action'] != 'expire':
+    if p['action'] not in ('expire', 'metrics'):
         ensure_required_libs(module)
     targets = [dict((k, v) for k, v in t.items() if v is not None) for t in p['targets']]
 
@@ -373,7 +400,12 @@ def main():
                 module.fail_json(msg='parallel must be at least 1', errors=['parallel must be at least 1'])
             result = td.dump(p, conn_for, p['tenants'], targets, p['cluster'], kind=p['kind'], parallel=p['parallel'],
                              pg_bin=p['pg_bin'], dump_globals=p['globals'], node=p['node'],
-                             check_mode=module.check_mode, metrics_file=p['metrics_file'])
+                             check_mode=module.check_mode, metrics_file=p['metrics_file'],
+                             skip_missing=p['skip_missing'])
+        elif p['action'] == 'metrics':
+            if p['dumps'] and not module.check_mode:
+                td.write_metrics(p['metrics_file'], p['dumps'], td.parse_timestamp(p['timestamp']))
+            result = dict(changed=bool(p['dumps']))
         elif p['action'] == 'record':
             conn = conn_for(None)
             try:
