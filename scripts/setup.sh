@@ -66,6 +66,17 @@ if [ ! -x /usr/sbin/pgbouncer ]; then
   as_root systemctl disable --now pgbouncer >/dev/null 2>&1 || true
 fi
 
+# The backup command's unit tests run it as the postgres user with the system Python and
+# Debian's libraries, as on a node; the pgBackRest benchmark needs Debian's pgbackrest.
+if ! /usr/bin/python3 -c 'import zstandard, lz4.frame, boto3, psycopg2' >/dev/null 2>&1; then
+  log "installing python3-zstandard, python3-lz4, python3-boto3, python3-psycopg2 (backup command tests)"
+  apt_install --no-install-recommends python3-zstandard python3-lz4 python3-boto3 python3-psycopg2
+fi
+if ! command -v pgbackrest >/dev/null 2>&1; then
+  log "installing pgbackrest (the backup benchmark's peer)"
+  apt_install --no-install-recommends pgbackrest
+fi
+
 # --- 2. Docker engine -----------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
   if ! command -v dockerd >/dev/null 2>&1; then

@@ -429,7 +429,12 @@ def parse_header(blob):
 def decode_wal(blob):
     """Uncompressed WAL data from a stored object; the checksum and size are verified."""
     header = parse_header(blob[:HEADER_MAX])
-    data = decompressor(header['codec'])(blob[header['_offset']:])
+    try:
+        data = decompressor(header['codec'])(blob[header['_offset']:])
+    except BackupError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        raise ChecksumError('%s: the stored data is corrupt (%s)' % (header.get('name'), e))
     if len(data) != header['size'] or hashlib.sha256(data).hexdigest() != header['sha256']:
         raise ChecksumError('%s: checksum mismatch (stored %s, %d bytes; read %s, %d bytes)'
                             % (header.get('name'), header['sha256'], header['size'],
