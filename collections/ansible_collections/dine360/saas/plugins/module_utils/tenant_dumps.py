@@ -329,7 +329,8 @@ def dump(params, connect, tenants, targets_spec, cluster, kind='manual', paralle
                                 'skipped on this replica' % n)
             names = [n for n in names if n not in closed]
         ts = utc_timestamp(now)
-        result = dict(changed=bool(names), node=node, skipped=missing + [n for n in closed if facts['in_recovery']], in_recovery=facts['in_recovery'], pg_version=facts['pg_version'],
+        skipped = missing + [n for n in closed if facts['in_recovery']]
+        result = dict(changed=bool(names), node=node, skipped=skipped, in_recovery=facts['in_recovery'], pg_version=facts['pg_version'],
                       timestamp=ts, kind=kind, dumps={}, globals=None, records=[], warnings=warnings,
                       targets=[t.describe() for t in targets])
         if check_mode:
