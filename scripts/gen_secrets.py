@@ -24,6 +24,7 @@ KEYS = {
     'saas_password_seed': 48,
     'postgres_exporter_password': 32,
     'grafana_admin_password': 24,
+    'backup_s3_secret_access_key': 40,
 }
 ALPHABET = string.ascii_letters + string.digits
 

@@ -4,7 +4,7 @@
 #   scripts/lab.sh up      set up the machine if needed, create the containers,
 #                          run playbooks/site.yml, print how to connect
 #   scripts/lab.sh info    print how to connect
-#   scripts/lab.sh down    remove the containers and the network (keeps secrets)
+#   scripts/lab.sh down    remove the containers, the network and the backup volume (keeps secrets)
 #   scripts/lab.sh purge   down, and forget the lab's secrets and certificates
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +35,11 @@ create() {
     name=${node%%:*}; ip=${node#*:}
     if ! docker container inspect "dine360-lab-$name" >/dev/null 2>&1; then
       log "creating container dine360-lab-$name ($ip)"
+      # PostgreSQL nodes share a volume standing for the backup mount (CephFS/NFS).
+      local extra=()
+      [[ $name == pg* ]] && extra=(-v dine360-lab-backup:/mnt/backup)
       docker run -d --name "dine360-lab-$name" --hostname "$name" --network "$NET" --ip "$ip" \
-        "${RUN_OPTS[@]}" "$image" >/dev/null
+        "${RUN_OPTS[@]}" "${extra[@]}" "$image" >/dev/null
     else
       docker start "dine360-lab-$name" >/dev/null
     fi
@@ -84,7 +87,9 @@ case "${1:-up}" in
   down)
     for node in "${NODES[@]}"; do docker rm -f "dine360-lab-${node%%:*}" >/dev/null 2>&1 || true; done
     docker network rm "$NET" >/dev/null 2>&1 || true
-    log "lab removed (secrets kept in $SECRETS)" ;;
+    # The backups belong to the cluster just removed; a new cluster must not archive over them.
+    docker volume rm dine360-lab-backup >/dev/null 2>&1 || true
+    log "lab removed with its backup volume (secrets kept in $SECRETS)" ;;
   purge)
     "$0" down
     rm -rf "$SECRETS" .secrets/lab

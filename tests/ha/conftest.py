@@ -24,7 +24,14 @@ SKIP_REASON = (f"{TOPOLOGY_ENV} is unset: the HA suite needs a deployed tier "
                "(set it to the topology JSON written by the deploy playbook)")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "run_last: run after every other test (it replaces the cluster)")
+
+
 def pytest_collection_modifyitems(config, items):
+    # Stable: tests marked run_last (the backup suite, whose final test restores the whole
+    # cluster to an earlier time) go after all others, in their own order.
+    items.sort(key=lambda item: item.get_closest_marker("run_last") is not None)
     if os.environ.get(TOPOLOGY_ENV):
         return
     marker = pytest.mark.skip(reason=SKIP_REASON)

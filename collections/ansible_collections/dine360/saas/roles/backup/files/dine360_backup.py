@@ -29,6 +29,7 @@ Subcommands (``dine360-backup -h``):
                         other nodes skip) to every target, then retention
   expire                apply retention to base backups and WAL
   list                  the complete base backups as JSON
+  wal-list              the archived WAL file names, as JSON
   check                 every target reachable and writable (exit 3 otherwise)
   restore               fetch a base backup into a new data directory, verified
   drill                 restore the newest backup into a scratch instance, replay the
@@ -83,6 +84,7 @@ DEFAULTS = {
     'textfile_dir': '',
     'node': socket.gethostname(),
     'scratch_port': 5499,
+    'scratch_dir': '/var/lib/dine360/backup/scratch',
 }
 
 
@@ -181,15 +183,27 @@ def write_metric(cfg, kind, ok=True, extra=None):
         previous['dine360_backup_last_failure_timestamp_seconds' + labels] = now
     for key, value in (extra or {}).items():
         previous['dine360_backup_%s%s' % (key, labels)] = str(value)
-    body = ''.join('%s %s\n' % (k, v) for k, v in sorted(previous.items()))
+    body = ''.join('%s %s\n' % (k, v) for k, v in sorted(previous.items())).encode()
     try:
         fd, tmp = tempfile.mkstemp(prefix='.dine360_backup_', dir=directory)
-        with os.fdopen(fd, 'w') as f:
+        with os.fdopen(fd, 'wb') as f:
             f.write(body)
         os.chmod(tmp, 0o644)
         os.rename(tmp, path)
+        return
+    except OSError:
+        pass
+    # The directory is root's and the command runs as postgres: the role created the file
+    # for us; rewrite it in place with one write.
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, body)
+        finally:
+            os.close(fd)
     except OSError as e:
-        log('could not write metrics to %s: %s' % (directory, e))
+        log('could not write metrics to %s: %s' % (path, e))
 
 
 # --- WAL archive ------------------------------------------------------------------------
@@ -533,8 +547,14 @@ def _self_command(cfg):
 
 # --- restore drill --------------------------------------------------------------------
 
-def drill(cfg, scratch_dir, keep=False):
+def drill(cfg, scratch_dir, keep=False, force=False):
     """Restore the newest backup into a scratch instance, replay every archived WAL, check, record."""
+    if not force:
+        chosen, dummy = designated_node(cfg)
+        if chosen != cfg['node']:
+            log('%s runs the restore drills; nothing to do on %s' % (chosen, cfg['node']))
+            return 0
+    scratch_dir = scratch_dir or os.path.join(cfg['scratch_dir'], 'drill')
     started = time.time()
     data_dir = os.path.join(scratch_dir, 'data')
     if os.path.exists(data_dir):
@@ -652,6 +672,7 @@ def main(argv=None):
     s.add_argument('--no-expire', action='store_true')
     sub.add_parser('expire')
     sub.add_parser('list')
+    sub.add_parser('wal-list', help='the archived WAL file names in every target, as JSON')
     sub.add_parser('check')
     s = sub.add_parser('restore')
     s.add_argument('--data-dir', '--datadir', dest='data_dir', required=True)
@@ -672,8 +693,9 @@ def main(argv=None):
     s = sub.add_parser('scratch-stop', help='stop a scratch instance and remove it')
     s.add_argument('--scratch-dir', required=True)
     s = sub.add_parser('drill')
-    s.add_argument('--scratch-dir', default='/var/lib/dine360/backup/drill')
+    s.add_argument('--scratch-dir', help='default: <scratch_dir>/drill')
     s.add_argument('--keep', action='store_true')
+    s.add_argument('--force', action='store_true', help='run on this node even if another is designated')
     args = p.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
@@ -692,6 +714,10 @@ def main(argv=None):
             for t in targets(cfg):
                 out[t.describe()] = list_backups(cfg, t)
             print(json.dumps(out, indent=1, sort_keys=True))
+            return 0
+        if args.cmd == 'wal-list':
+            print(json.dumps(dict((t.describe(), [k.rsplit('/', 1)[-1] for k in t.list('%s/wal/' % cfg['cluster'])])
+                                  for t in targets(cfg)), indent=1, sort_keys=True))
             return 0
         if args.cmd == 'check':
             for t in targets(cfg):
@@ -718,7 +744,7 @@ def main(argv=None):
                 shutil.rmtree(data_dir)
             return 0
         if args.cmd == 'drill':
-            return drill(cfg, args.scratch_dir, args.keep)
+            return drill(cfg, args.scratch_dir, args.keep, args.force)
     except store.BackupError as e:
         log(str(e))
         return e.exit_code
