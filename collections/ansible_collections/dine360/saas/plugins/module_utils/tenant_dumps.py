@@ -450,9 +450,11 @@ def record(cursor, records, check_mode=False):
 
 # --------------------------------------------------------------------------- metrics
 
-METRIC_TS = 'dine360_backup_tenant_dump_last_success_timestamp_seconds'
-METRIC_SIZE = 'dine360_backup_tenant_dump_size_bytes'
-_METRIC_RE = re.compile(r'^(%s|%s)\{tenant="([a-z0-9-]+)"\} (\S+)$' % (METRIC_TS, METRIC_SIZE))
+# The names and labels the BackupTenantDumpTooOld alert (prometheus role) reads; the
+# dine360-backup command writes the same metric with kind="basebackup" etc.
+METRIC_TS = 'dine360_backup_last_success_timestamp_seconds'
+METRIC_SIZE = 'dine360_backup_size_bytes'
+_METRIC_RE = re.compile(r'^(%s|%s)\{kind="tenant_dump",tenant="([a-z0-9-]+)"\} (\S+)$' % (METRIC_TS, METRIC_SIZE))
 
 
 def write_metrics(path, dumps, when):
@@ -472,10 +474,10 @@ def write_metrics(path, dumps, when):
         values[METRIC_SIZE][name] = '%d' % d['size']
     lines = ['# HELP %s Time of the last successful dump of the tenant database.' % METRIC_TS,
              '# TYPE %s gauge' % METRIC_TS]
-    lines += ['%s{tenant="%s"} %s' % (METRIC_TS, n, v) for n, v in sorted(values[METRIC_TS].items())]
+    lines += ['%s{kind="tenant_dump",tenant="%s"} %s' % (METRIC_TS, n, v) for n, v in sorted(values[METRIC_TS].items())]
     lines += ['# HELP %s Size of the last successful dump of the tenant database.' % METRIC_SIZE,
               '# TYPE %s gauge' % METRIC_SIZE]
-    lines += ['%s{tenant="%s"} %s' % (METRIC_SIZE, n, v) for n, v in sorted(values[METRIC_SIZE].items())]
+    lines += ['%s{kind="tenant_dump",tenant="%s"} %s' % (METRIC_SIZE, n, v) for n, v in sorted(values[METRIC_SIZE].items())]
     directory = os.path.dirname(path) or '.'
     fd, tmp = tempfile.mkstemp(prefix='.dine360_tenant_dumps.', dir=directory)
     try:

@@ -43,19 +43,33 @@ below 125 so PostgreSQL retries instead of stopping its archiver.
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
-import argparse
 import datetime
 import hashlib
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
+
+
+class _LazyModule(object):
+    """A module imported on first use. PostgreSQL starts this command once per WAL file
+    (wal-push, wal-get), which needs none of these: importing them would cost every call."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        module = __import__(self._name)
+        globals()[self._name] = module
+        return getattr(module, attr)
+
+
+argparse = _LazyModule('argparse')
+shutil = _LazyModule('shutil')
+subprocess = _LazyModule('subprocess')
+tarfile = _LazyModule('tarfile')
+tempfile = _LazyModule('tempfile')
 
 try:
     from ansible_collections.dine360.saas.plugins.module_utils import backup_store as store
@@ -82,7 +96,7 @@ DEFAULTS = {
     'retention_days': 7,
     'wal_wait_seconds': 300,
     'textfile_dir': '',
-    'node': socket.gethostname(),
+    'node': os.uname()[1],  # socket.gethostname() without importing socket
     'scratch_port': 5499,
     'scratch_dir': '/var/lib/dine360/backup/scratch',
 }
@@ -176,7 +190,7 @@ def write_metric(cfg, kind, ok=True, extra=None):
     except (OSError, ValueError):
         pass
     now = '%d' % time.time()
-    labels = '{kind="%s",scope="%s"}' % (kind, cfg['cluster'])
+    labels = '{kind="%s"}' % kind  # the alerts add the Patroni scope from the member's instance
     if ok:
         previous['dine360_backup_last_success_timestamp_seconds' + labels] = now
     else:
@@ -368,7 +382,7 @@ def base_backup(cfg, force=False, expire_after=True):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(f['size'] for f in files.values())
-    write_metric(cfg, 'basebackup', extra={'basebackup_size_bytes': size})
+    write_metric(cfg, 'basebackup', extra={'size_bytes': size})
     print(json.dumps({'backup': backup_id, 'size': size, 'end_wal': end_wal, 'targets': [t.describe() for t in tlist]}))
     if expire_after:
         expire(cfg)
@@ -589,7 +603,7 @@ def drill(cfg, scratch_dir, keep=False, force=False):
             t.put('%s/drills/%s.json' % (cfg['cluster'], utcnow().strftime('%Y%m%dT%H%M%SZ')), _BytesReader(blob))
         except (store.BackupError, store.ObjectExists) as e:
             log('could not record the drill in %s: %s' % (t.describe(), e))
-    write_metric(cfg, 'restore_drill', ok=result['ok'], extra={'restore_drill_seconds': result['seconds']})
+    write_metric(cfg, 'restore_drill', ok=result['ok'], extra={'duration_seconds': result['seconds']})
     print(json.dumps(result, sort_keys=True))
     return 0 if result['ok'] else 1
 
@@ -657,7 +671,38 @@ def _psql(cfg, sock, sql, db='postgres'):
 
 # --- command line ---------------------------------------------------------------------
 
+def _wal_argv(argv):
+    """The arguments of the two commands PostgreSQL runs once per WAL file (``[--config FILE]
+    wal-push|wal-get A B``) without building the argparse parser; None for anything else."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    config = os.environ.get('DINE360_BACKUP_CONFIG', CONFIG)
+    if len(args) == 5 and args[0] == '--config':
+        config = args[1]
+        args = args[2:]
+    elif len(args) == 4 and args[0].startswith('--config='):
+        config = args[0][len('--config='):]
+        args = args[1:]
+    if len(args) != 3 or args[0] not in ('wal-push', 'wal-get') or any(a.startswith('-') for a in args[1:]):
+        return None
+    if args[0] == 'wal-push':
+        return _Args(config=config, cmd=args[0], path=args[1], name=args[2])
+    return _Args(config=config, cmd=args[0], name=args[1], dest=args[2])
+
+
+class _Args(object):
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
 def main(argv=None):
+    args = _wal_argv(argv)
+    if args is None:
+        args = _parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return _run(args)
+
+
+def _parse_args(argv):
     p = argparse.ArgumentParser(prog='dine360-backup', description=__doc__.split('\n\n')[0])
     p.add_argument('--config', default=os.environ.get('DINE360_BACKUP_CONFIG', CONFIG))
     sub = p.add_subparsers(dest='cmd', required=True)
@@ -696,8 +741,10 @@ def main(argv=None):
     s.add_argument('--scratch-dir', help='default: <scratch_dir>/drill')
     s.add_argument('--keep', action='store_true')
     s.add_argument('--force', action='store_true', help='run on this node even if another is designated')
-    args = p.parse_args(argv)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return p.parse_args(argv)
+
+
+def _run(args):
     try:
         cfg = load_config(args.config)
         cfg['_config_path'] = args.config

@@ -98,7 +98,7 @@ def test_same_segment_twice_is_success(install_dir, tmp_path):
     assert cli.run('wal-get', '000000010000000000000001', restored).returncode == 0
     with open(seg, 'rb') as a, open(restored, 'rb') as b:
         assert a.read() == b.read()
-    assert 'dine360_backup_last_success_timestamp_seconds{kind="wal_archive",scope="unit"}' in \
+    assert 'dine360_backup_last_success_timestamp_seconds{kind="wal_archive"}' in \
         open(os.path.join(cli.dir, 'dine360_backup_wal_archive.prom')).read()
 
 

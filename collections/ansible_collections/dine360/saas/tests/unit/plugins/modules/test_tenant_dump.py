@@ -115,7 +115,7 @@ def stored_sha(spec, key):
 def test_dump_two_tenants_in_parallel_to_path_and_s3(pg, path_target, s3_target, tmp_path):
     server, cur = pg
     metrics = tmp_path / 'dine360_tenant_dumps.prom'
-    metrics.write_text('dine360_backup_tenant_dump_size_bytes{tenant="zulu"} 7\n')
+    metrics.write_text('dine360_backup_size_bytes{kind="tenant_dump",tenant="zulu"} 7\n')
     res = do_dump(server, ['alpha', 'bravo'], [path_target, s3_target], kind='scheduled', parallel=2,
                   metrics_file=str(metrics))
     assert sorted(res['dumps']) == ['alpha', 'bravo'] and res['in_recovery'] is False and res['recorded'] is True
@@ -136,9 +136,9 @@ def test_dump_two_tenants_in_parallel_to_path_and_s3(pg, path_target, s3_target,
     cur.execute("SELECT datname, kind, count(*) FROM dine360.tenant_backups GROUP BY 1, 2 ORDER BY 1")
     assert cur.fetchall() == [('alpha', 'scheduled', 2), ('bravo', 'scheduled', 2)]
     text = metrics.read_text()
-    assert 'dine360_backup_tenant_dump_last_success_timestamp_seconds{tenant="alpha"}' in text
-    assert 'dine360_backup_tenant_dump_size_bytes{tenant="bravo"} %d' % res['dumps']['bravo']['size'] in text
-    assert 'dine360_backup_tenant_dump_size_bytes{tenant="zulu"} 7' in text, 'other tenants are kept'
+    assert 'dine360_backup_last_success_timestamp_seconds{kind="tenant_dump",tenant="alpha"}' in text
+    assert 'dine360_backup_size_bytes{kind="tenant_dump",tenant="bravo"} %d' % res['dumps']['bravo']['size'] in text
+    assert 'dine360_backup_size_bytes{kind="tenant_dump",tenant="zulu"} 7' in text, 'other tenants are kept'
     assert not [n for n in os.listdir(str(tmp_path)) if n.startswith('.dine360')], 'no temporary file left'
 
 
