@@ -34,7 +34,6 @@ import io
 import json
 import os
 import tempfile
-import uuid
 
 MAGIC = b'DINE360-WAL 1\n'
 HEADER_MAX = 4096
@@ -131,6 +130,7 @@ class PathTarget(object):
             raise TargetError('backup path %s is not a mount point: mount the backup share there, '
                               'or set require_mount: false for a local directory' % self.root)
         if write:
+            import uuid  # here: wal-push and wal-get never need it
             probe = 'probe/%s' % uuid.uuid4().hex
             try:
                 self.put(probe, io.BytesIO(b'dine360 write probe\n'))
@@ -276,6 +276,7 @@ class S3Target(object):
                                   % (self.bucket, self.endpoint_url or 'AWS'))
             raise self._fail(e, 'HeadBucket')
         if write:
+            import uuid  # here: wal-push and wal-get never need it
             probe = 'probe/%s' % uuid.uuid4().hex
             self.put(probe, io.BytesIO(b'dine360 write probe\n'))
             self.delete(probe)
