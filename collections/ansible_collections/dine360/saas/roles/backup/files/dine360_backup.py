@@ -224,8 +224,12 @@ def write_metric(cfg, kind, ok=True, extra=None):
 
 def wal_push(cfg, path, name):
     with open(path, 'rb') as f:
-        data = f.read()
-    blob, header = store.encode_wal(data, name, cfg['compression'], cfg.get('compression_level'))
+        data = _map_file(f)
+        try:
+            blob, header = store.encode_wal(data, name, cfg['compression'], cfg.get('compression_level'))
+        finally:
+            if not isinstance(data, bytes):
+                data.close()
     for target in targets(cfg):
         key = wal_key(cfg, name)
         try:
@@ -239,6 +243,17 @@ def wal_push(cfg, path, name):
                     % (name, target.describe(), existing.get('sha256'), header['sha256']))
     write_metric(cfg, 'wal_archive')
     return 0
+
+
+def _map_file(f):
+    """The contents of an open file, mapped read-only rather than copied (hashing and
+    compressing read the page cache directly); read into memory when it cannot be mapped
+    (an empty file)."""
+    import mmap
+    try:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (ValueError, OSError):
+        return f.read()
 
 
 class _BytesReader(object):
