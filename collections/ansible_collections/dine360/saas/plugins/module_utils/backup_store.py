@@ -122,8 +122,8 @@ class PathTarget(object):
     def _path(self, key):
         return os.path.join(self.root, self.prefix, key)
 
-    def check(self, write=True):
-        """Fail with a clear message unless the target is usable (and writable)."""
+    def check(self, write=True, under=''):
+        """Fail with a clear message unless the target is usable (and writable under ``under``)."""
         if not os.path.isdir(self.root):
             raise TargetError('backup path %s does not exist (is the share mounted?)' % self.root)
         if self.require_mount and not os.path.ismount(self.root):
@@ -266,7 +266,7 @@ class S3Target(object):
                                % (what, self.describe(), code))
         return TargetError('S3 %s on %s failed: %s' % (what, self.describe(), msg))
 
-    def check(self, write=True):
+    def check(self, write=True, under=''):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as e:  # pylint: disable=broad-except

@@ -129,15 +129,16 @@ def check_cluster(cluster):
     return cluster
 
 
-def open_targets(specs, write=True):
-    """Targets from their specs, each checked; fails naming every unusable target."""
+def open_targets(specs, write=True, cluster=''):
+    """Targets from their specs, each checked (the write probe goes under ``cluster``, the
+    part of a shared mount this cluster owns); fails naming every unusable target."""
     if not specs:
         raise DumpError('no backup target is configured: set backup_targets (a list of path or s3 targets)')
     targets, errors = [], []
     for i, spec in enumerate(specs):
         try:
             target = make_target(spec)
-            target.check(write=write)
+            target.check(write=write, under=cluster)
             targets.append(target)
         except BackupError as e:
             errors.append('backup_targets[%d]: %s' % (i, e))
@@ -307,7 +308,7 @@ def dump(params, connect, tenants, targets_spec, cluster, kind='manual', paralle
     for prog in ('pg_dump', 'pg_dumpall'):
         if not os.access(os.path.join(pg_bin, prog), os.X_OK):
             raise DumpError('%s not found in %s: install postgresql-client-15 or set pg_bin' % (prog, pg_bin))
-    targets = open_targets(targets_spec, write=not check_mode)
+    targets = open_targets(targets_spec, write=not check_mode, cluster=cluster)
     node = node or socket.gethostname()
     warnings = []
     conn = connect(None)
@@ -599,7 +600,7 @@ def restore(params, connect, targets_spec, cluster, tenant, restore_as=None, res
     dest = check_name(restore_as, 'restore_as') if restore_as else tenant
     if not os.access(os.path.join(pg_bin, 'pg_restore'), os.X_OK):
         raise DumpError('pg_restore not found in %s: install postgresql-client-15 or set pg_bin' % pg_bin)
-    targets = open_targets(targets_spec, write=False)
+    targets = open_targets(targets_spec, write=False, cluster=cluster)
     target, manifest = find_dump(targets, cluster, tenant, restore_from)
     if manifest.get('tenant') != tenant:
         raise DumpError('the manifest of %s names tenant %r, not %r' % (manifest.get('key'), manifest.get('tenant'), tenant))
@@ -732,7 +733,7 @@ def expire(targets_spec, cluster, retention_days, default_retention_days, now=No
     if any(d < 1 for d in retention.values()) or int(default_retention_days) < 1:
         raise DumpError('retention days must be at least 1')
     longest = max(list(retention.values()) + [int(default_retention_days)])
-    targets = open_targets(targets_spec, write=not check_mode)
+    targets = open_targets(targets_spec, write=not check_mode, cluster=cluster)
     deleted, kept = [], {}
     for target in targets:
         doomed = []

@@ -350,7 +350,7 @@ def base_backup(cfg, force=False, expire_after=True):
         return 0
     tlist = targets(cfg)
     for t in tlist:
-        t.check(write=True)
+        t.check(write=True, under=cfg['cluster'])
     started = utcnow()
     backup_id = started.strftime('%Y%m%dT%H%M%SZ')
     os.makedirs(cfg['staging_dir'], exist_ok=True)
@@ -783,7 +783,7 @@ def _run(args):
             return 0
         if args.cmd == 'check':
             for t in targets(cfg):
-                t.check(write=True)
+                t.check(write=True, under=cfg['cluster'])
                 print('ok %s' % t.describe())
             return 0
         if args.cmd == 'restore':
