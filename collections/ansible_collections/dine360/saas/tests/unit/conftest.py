@@ -122,7 +122,7 @@ def s3_server():
     log = tempfile.NamedTemporaryFile(prefix='d360-moto-', suffix='.log', delete=False)
     proc = subprocess.Popen([moto, '-H', '127.0.0.1', '-p', str(server.port)], stdout=log, stderr=log)
     try:
-        for _ in range(100):
+        for dummy in range(100):
             try:
                 socket.create_connection(('127.0.0.1', server.port), timeout=0.2).close()
                 break

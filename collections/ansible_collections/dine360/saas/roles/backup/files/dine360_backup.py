@@ -44,7 +44,6 @@ from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import datetime
-import hashlib
 import json
 import os
 import signal
@@ -597,7 +596,7 @@ def drill(cfg, scratch_dir, keep=False, force=False):
         result['backup'] = info['id']
         start_scratch(cfg, scratch_dir)
         dbs = _psql(cfg, sock, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database "
-                                "WHERE datallowconn AND NOT datistemplate").split(',')
+                               "WHERE datallowconn AND NOT datistemplate").split(',')
         checks = {}
         for db in dbs:
             checks[db] = int(_psql(cfg, sock, "SELECT count(*) FROM pg_catalog.pg_class WHERE relkind = 'r'", db))
@@ -718,7 +717,7 @@ def main(argv=None):
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(prog='dine360-backup', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(prog='dine360-backup', description=__doc__.split('\n\n', maxsplit=1)[0])
     p.add_argument('--config', default=os.environ.get('DINE360_BACKUP_CONFIG', CONFIG))
     sub = p.add_subparsers(dest='cmd', required=True)
     s = sub.add_parser('wal-push')

@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -75,7 +74,7 @@ def _segment(tmp, name, seed=0, size=16 * 1024 * 1024, random_data=False):
             f.write(os.urandom(size))
         else:
             block = (b'%08d' % seed) * 1024
-            for _ in range(size // len(block)):
+            for dummy in range(size // len(block)):
                 f.write(block)
     return path
 
@@ -320,7 +319,7 @@ def test_retention_keeps_what_retained_backups_need(archiving_server):
     srv, cli = archiving_server, archiving_server['cli']
     _psql(srv, 'CREATE TABLE t (x int)')
     ids = []
-    for _ in range(2):
+    for dummy in range(2):
         _psql(srv, 'INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal()')
         res = _run_as_pg(cli, 'base-backup', '--no-expire')
         assert res.returncode == 0, res.stderr
