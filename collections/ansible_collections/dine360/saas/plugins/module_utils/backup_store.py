@@ -131,7 +131,7 @@ class PathTarget(object):
                               'or set require_mount: false for a local directory' % self.root)
         if write:
             import uuid  # here: wal-push and wal-get never need it
-            probe = 'probe/%s' % uuid.uuid4().hex
+            probe = _join(under, 'probe', uuid.uuid4().hex)
             try:
                 self.put(probe, io.BytesIO(b'dine360 write probe\n'))
                 self.delete(probe)
@@ -277,7 +277,7 @@ class S3Target(object):
             raise self._fail(e, 'HeadBucket')
         if write:
             import uuid  # here: wal-push and wal-get never need it
-            probe = 'probe/%s' % uuid.uuid4().hex
+            probe = _join(under, 'probe', uuid.uuid4().hex)
             self.put(probe, io.BytesIO(b'dine360 write probe\n'))
             self.delete(probe)
 
