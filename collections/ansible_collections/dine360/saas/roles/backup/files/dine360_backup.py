@@ -279,11 +279,12 @@ def wal_get(cfg, name, dest):
         except store.BackupError as e:
             errors.append('%s: %s' % (target.describe(), e))
             continue
+        # Written under a temporary name and renamed, so PostgreSQL never sees a partial file,
+        # but not fsynced: after a crash recovery asks the restore_command again rather than
+        # trusting a restored file (pgBackRest's archive-get skips the sync for the same reason).
         tmp = dest + '.dine360-tmp'
         with open(tmp, 'wb') as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(tmp, dest)
         return 0
     if errors:
