@@ -661,7 +661,7 @@ def _last_replayed(scratch_dir):
     try:
         with open(os.path.join(scratch_dir, 'postgres.log'), errors='replace') as f:
             for line in f:
-                if 'restored log file' in line:
+                if 'restored log file' in line and '.history' not in line:
                     last = line.split('"')[1]
     except (OSError, IndexError):
         pass
