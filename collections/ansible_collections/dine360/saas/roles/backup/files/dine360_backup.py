@@ -381,7 +381,9 @@ def base_backup(cfg, force=False, expire_after=True):
         for name in sorted(os.listdir(staging)):
             files[name] = dict(zip(('sha256', 'size'), store.sha256_file(os.path.join(staging, name))))
         sysid = _controldata(cfg).get('Database system identifier', '')
-        info = {'id': backup_id, 'cluster': cfg['cluster'], 'node': cfg['node'], 'start_time': iso(started),
+        role = next((m.get('role') for m in members if m.get('name') == cfg['node']), 'standalone')
+        info = {'id': backup_id, 'cluster': cfg['cluster'], 'node': cfg['node'], 'node_role': role,
+                'start_time': iso(started),
                 'stop_time': iso(utcnow()), 'timeline': timeline, 'start_lsn': start_lsn, 'end_lsn': end_lsn,
                 'start_wal': start_wal, 'end_wal': end_wal, 'files': files, 'system_identifier': sysid,
                 'pg_version': _pg_version(cfg)}
