@@ -289,9 +289,10 @@ class S3Target(object):
         except Exception as e:  # pylint: disable=broad-except
             raise self._fail(e, 'upload of %s' % key)
 
-    def get(self, key):
+    def get(self, key, **kwargs):
+        """The object's body (a file-like stream); ``Range`` etc. pass through to GetObject."""
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))['Body']
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)['Body']
         except Exception as e:  # pylint: disable=broad-except
             code, dummy = _s3_error(e)
             if code in ('NoSuchKey', '404'):
@@ -299,13 +300,10 @@ class S3Target(object):
             raise self._fail(e, 'download of %s' % key)
 
     def read_head(self, key, n=HEADER_MAX):
+        body = self.get(key, Range='bytes=0-%d' % (n - 1))
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range='bytes=0-%d' % (n - 1))['Body']
             return body.read()
         except Exception as e:  # pylint: disable=broad-except
-            code, dummy = _s3_error(e)
-            if code in ('NoSuchKey', '404'):
-                raise NotFoundError('%s not found in %s' % (key, self.describe()))
             raise self._fail(e, 'download of %s' % key)
 
     def size(self, key):

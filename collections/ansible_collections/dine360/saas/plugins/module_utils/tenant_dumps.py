@@ -33,6 +33,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -44,6 +45,7 @@ from ansible_collections.dine360.saas.plugins.module_utils.backup_store import (
     CHUNK,
     BackupError,
     ChecksumError,
+    HashingReader,
     ObjectExists,
     TargetError,
     make_target,
@@ -547,20 +549,15 @@ def find_dump(targets, cluster, tenant, restore_from='latest'):
 def download_verified(target, manifest, directory):
     """Download the dump to a private temporary file and verify size and SHA-256."""
     fd, path = tempfile.mkstemp(prefix='.dine360-restore-', suffix='.dump', dir=directory)
-    sha, size = hashlib.sha256(), 0
     try:
         src = target.get(manifest['key'])
         try:
+            read = HashingReader(src)
             with os.fdopen(fd, 'wb') as out:
-                while True:
-                    block = src.read(CHUNK)
-                    if not block:
-                        break
-                    sha.update(block)
-                    size += len(block)
-                    out.write(block)
+                shutil.copyfileobj(read, out, CHUNK)
         finally:
             src.close()
+        sha, size = read.sha, read.size
         if sha.hexdigest() != manifest['sha256'] or size != manifest['size']:
             raise ChecksumError('%s in %s does not match its manifest (manifest: sha256 %s, %d bytes; read: sha256 %s, '
                                 '%d bytes): the dump is damaged, nothing was restored. Choose another with restore_from'

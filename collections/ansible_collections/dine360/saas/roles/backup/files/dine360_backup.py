@@ -44,6 +44,7 @@ from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import datetime
+import io
 import json
 import os
 import signal
@@ -232,7 +233,7 @@ def wal_push(cfg, path, name):
     for target in targets(cfg):
         key = wal_key(cfg, name)
         try:
-            target.put(key, _BytesReader(blob))
+            target.put(key, io.BytesIO(blob))
         except store.ObjectExists:
             existing = store.parse_header(target.read_head(key))
             if existing.get('sha256') != header['sha256'] or existing.get('size') != header['size']:
@@ -253,18 +254,6 @@ def _map_file(f):
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (ValueError, OSError):
         return f.read()
-
-
-class _BytesReader(object):
-    def __init__(self, blob):
-        self.blob, self.pos = blob, 0
-
-    def read(self, n=-1):
-        if n is None or n < 0:
-            n = len(self.blob) - self.pos
-        block = self.blob[self.pos:self.pos + n]
-        self.pos += len(block)
-        return block
 
 
 def wal_get(cfg, name, dest):
@@ -392,7 +381,7 @@ def base_backup(cfg, force=False, expire_after=True):
             for name in sorted(files):
                 with open(os.path.join(staging, name), 'rb') as f:
                     t.put('%s/base/%s/%s' % (cfg['cluster'], backup_id, name), f)
-            t.put('%s/base/%s/dine360.json' % (cfg['cluster'], backup_id), _BytesReader(blob))  # last: marks it complete
+            t.put('%s/base/%s/dine360.json' % (cfg['cluster'], backup_id), io.BytesIO(blob))  # last: marks it complete
     except store.BackupError:
         write_metric(cfg, 'basebackup', ok=False)
         raise
@@ -617,7 +606,7 @@ def drill(cfg, scratch_dir, keep=False, force=False):
     blob = json.dumps(result, indent=1, sort_keys=True).encode()
     for t in targets(cfg):
         try:
-            t.put('%s/drills/%s.json' % (cfg['cluster'], utcnow().strftime('%Y%m%dT%H%M%SZ')), _BytesReader(blob))
+            t.put('%s/drills/%s.json' % (cfg['cluster'], utcnow().strftime('%Y%m%dT%H%M%SZ')), io.BytesIO(blob))
         except (store.BackupError, store.ObjectExists) as e:
             log('could not record the drill in %s: %s' % (t.describe(), e))
     write_metric(cfg, 'restore_drill', ok=result['ok'], extra={'duration_seconds': result['seconds']})
