@@ -44,7 +44,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -58,6 +57,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLL = os.path.join(ROOT, "collections", "ansible_collections", "dine360", "saas")
 CLI_SRC = os.path.join(COLL, "roles", "backup", "files", "dine360_backup.py")
 STORE_SRC = os.path.join(COLL, "plugins", "module_utils", "backup_store.py")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ha_failover import log, machine, write_section  # noqa: E402  (shared by the bench scripts)
+
 START = "<!-- backup_bench:start -->"
 END = "<!-- backup_bench:end -->"
 PG_BIN = os.environ.get("D360_PG_BIN", "/usr/lib/postgresql/15/bin")
@@ -77,36 +79,6 @@ RESTORE_CONFIGS = [
     ("pgb_gz6", "pgBackRest, gz level 6 (default)", "pgb", {"stanza": "bench-gz"}),
     ("pgb_zst1", "pgBackRest, zst level 1", "pgb", {"stanza": "bench-zst"}),
 ]
-
-
-def log(msg: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", flush=True)
-
-
-def machine() -> str:
-    """The same one-line description as bench/ha_failover.py."""
-    mem_kb = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return (f"{os.cpu_count()} vCPU, {mem_kb / 1024 / 1024:.1f} GiB RAM, "
-            f"{platform.system()} {platform.release()}")
-
-
-def write_section(path: str, section: str) -> None:
-    """Replace this benchmark's section between its markers (append it when missing)."""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    else:
-        text = "# Benchmarks\n\nResults of the scripts in `bench/`, rewritten by them.\n\n"
-    if START in text and END in text and text.index(START) < text.index(END):
-        text = text[:text.index(START)] + section.rstrip("\n") + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def as_pg() -> dict:
@@ -518,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.markdown:
             ap.error("--render-from needs --markdown")
         with open(args.render_from, encoding="utf-8") as fh:
-            write_section(args.markdown, render(json.load(fh)))
+            write_section(args.markdown, render(json.load(fh)), START, END)
         return 0
     for binary in (os.path.join(PG_BIN, "postgres"), PGBACKREST):
         if not os.path.exists(binary):
@@ -588,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         if not restore:
             raise SystemExit("--markdown needs the restore measurement (drop --skip-restore)")
-        write_section(args.markdown, render(res))
+        write_section(args.markdown, render(res), START, END)
     return 0
 
 

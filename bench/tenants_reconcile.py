@@ -41,7 +41,6 @@ import hashlib
 import hmac
 import json
 import os
-import platform
 import resource
 import shutil
 import socket
@@ -54,6 +53,9 @@ import psycopg2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(ROOT, "collections")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ha_failover import log, machine, write_section  # noqa: E402  (shared by the bench scripts)
+
 START = "<!-- tenants_reconcile:start -->"
 END = "<!-- tenants_reconcile:end -->"
 PG_BIN = os.environ.get("D360_PG_BIN", "/usr/lib/postgresql/15/bin")
@@ -166,36 +168,6 @@ WARMUP_PLAYBOOK = """\
         login_port: "{{ bench_port }}"
       check_mode: true
 """
-
-
-def log(msg: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", flush=True)
-
-
-def machine() -> str:
-    """The same one-line description as bench/ha_failover.py."""
-    mem_kb = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return (f"{os.cpu_count()} vCPU, {mem_kb / 1024 / 1024:.1f} GiB RAM, "
-            f"{platform.system()} {platform.release()}")
-
-
-def write_section(path: str, section: str) -> None:
-    """Replace this benchmark's section between its markers (append it when missing)."""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    else:
-        text = "# Benchmarks\n\nResults of the scripts in `bench/`, rewritten by them.\n\n"
-    if START in text and END in text and text.index(START) < text.index(END):
-        text = text[:text.index(START)] + section.rstrip("\n") + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def derive_password(seed: str, purpose: str, name: str) -> str:
@@ -632,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(res, fh, indent=2)
             fh.write("\n")
     if args.markdown:
-        write_section(args.markdown, render(res))
+        write_section(args.markdown, render(res), START, END)
     return 0 if all(res["targets"].values()) else 1
 
 
