@@ -39,6 +39,12 @@ def _free_port():
     return port
 
 
+@pytest.fixture(scope='session')
+def free_port():
+    """A function that returns a free TCP port on loopback (for servers a test starts)."""
+    return _free_port
+
+
 def _as_server_user(argv):
     """PostgreSQL refuses to run as root: run it as the postgres system user then."""
     if os.geteuid() == 0:

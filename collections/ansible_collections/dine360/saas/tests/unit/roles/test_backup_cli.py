@@ -237,26 +237,18 @@ def _as_pg(argv):
     return (['runuser', '-u', 'postgres', '--'] + argv) if os.geteuid() == 0 else argv
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
-def archiving_server(install_dir, s3_server):
+def archiving_server(install_dir, s3_server, free_port):
     """A PostgreSQL 15 whose archive_command is dine360-backup, to a path and to S3."""
     base = _shared_dir('d360-pitr-')
     root = _shared_dir('d360-pitr-target-')
     server = {'base': base, 'data': os.path.join(base, 'data'), 'sock': os.path.join(base, 'sock'),
-              'port': _free_port(), 'root': root}
+              'port': free_port(), 'root': root}
     os.makedirs(server['sock'])
     os.chmod(server['sock'], 0o777)
     cli = Cli(install_dir, [{'type': 'path', 'path': root}, s3_server.bucket('pitr-%d' % server['port'])],
               pg_bin=PG_BIN, data_dir=server['data'], pg_port=server['port'], socket_dir=server['sock'],
-              scratch_port=_free_port())
+              scratch_port=free_port())
     subprocess.run(_as_pg([os.path.join(PG_BIN, 'initdb'), '-D', server['data'], '-U', 'postgres', '--auth-local=trust',
                            '-E', 'UTF8', '--locale=C.UTF-8']), check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(server['data'], 'postgresql.auto.conf'), 'a') as f:
