@@ -25,6 +25,9 @@ KEYS = {
     'postgres_exporter_password': 32,
     'grafana_admin_password': 24,
     'backup_s3_secret_access_key': 40,
+    'odoo_admin_passwd': 32,
+    'redis_password': 32,
+    'certbot_rfc2136_tsig_secret': 44,
 }
 ALPHABET = string.ascii_letters + string.digits
 
