@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The local lab: the DB tier in three systemd containers and monitoring in a fourth.
+# The local lab: the DB tier (and Redis) in three systemd containers, monitoring (and the
+# lab's ACME and DNS test servers) in a fourth, two app servers that are also the web
+# balancers. Odoo comes from ODOO_SOURCE (a git URL or a checkout); without it the
+# Odoo steps are skipped and said so.
 #
 #   scripts/lab.sh up      set up the machine if needed, create the containers,
 #                          run playbooks/site.yml, print how to connect
@@ -13,8 +16,10 @@ VENV=${VENV:-$ROOT/.venv}
 NET=dine360-lab
 SUBNET=10.89.0.0/24
 IPRANGE=10.89.0.192/26   # Docker's own allocations stay clear of the nodes and the VIP
-NODES=(pg1:10.89.0.11 pg2:10.89.0.12 pg3:10.89.0.13 mon1:10.89.0.21)
+NODES=(pg1:10.89.0.11 pg2:10.89.0.12 pg3:10.89.0.13 mon1:10.89.0.21 app1:10.89.0.31 app2:10.89.0.32)
 VIP=10.89.0.100
+WEB_VIP=10.89.0.110
+DOMAIN=dine360.test
 SECRETS=inventories/lab/group_vars/all/secrets.yml
 log() { printf '\033[1;32m[lab]\033[0m %s\n' "$*"; }
 
@@ -38,6 +43,8 @@ create() {
       # PostgreSQL nodes share a volume standing for the backup mount (CephFS/NFS).
       local extra=()
       [[ $name == pg* ]] && extra=(-v dine360-lab-backup:/mnt/backup)
+      # App servers share a volume standing for the shared Odoo filestore (NFS/EFS).
+      [[ $name == app* ]] && extra=(-v dine360-lab-odoo-data:/var/lib/odoo)
       docker run -d --name "dine360-lab-$name" --hostname "$name" --network "$NET" --ip "$ip" \
         "${RUN_OPTS[@]}" "${extra[@]}" "$image" >/dev/null
     else
@@ -64,6 +71,10 @@ info() {
     HAProxy metrics  http://$VIP:7000/metrics
     Prometheus       http://10.89.0.21:9090/   (alerts: http://10.89.0.21:9090/alerts)
     Alertmanager     http://10.89.0.21:9093/
+    Odoo             https://<tenant>.$DOMAIN/ on the web VIP $WEB_VIP, e.g.
+                     curl --cacert .artifacts/lab-acme-ca.pem --resolve pizza-roma.$DOMAIN:443:$WEB_VIP https://pizza-roma.$DOMAIN/web/login
+                     admin password of a tenant: ansible localhost -m debug -a "msg={{ saas_password_seed | dine360.saas.tenant_password('odoo-admin', 'pizza-roma') }}"
+    Redis Sentinel   docker exec dine360-lab-pg1 redis-cli -p 26379 --askpass sentinel get-master-addr-by-name dine360
     Patroni          docker exec dine360-lab-pg1 patronictl -c /etc/patroni/patroni.yml list
     superuser shell  docker exec -it -u postgres dine360-lab-pg1 psql
     topology JSON    .artifacts/lab-topology.json  (for tests/ha and bench/)
@@ -76,6 +87,9 @@ case "${1:-up}" in
     "$ROOT/scripts/setup.sh"
     create
     python3 scripts/gen_secrets.py "$SECRETS"
+    [[ -n ${ODOO_SOURCE:-} ]] || log "ODOO_SOURCE is unset: Odoo is skipped (set it to a checkout of Odoo 17 or a git URL)"
+    log "starting the lab's ACME (Pebble) and DNS (BIND9) test servers on mon1"
+    "$VENV/bin/ansible-playbook" -i inventories/lab molecule/default/prepare_acme.yml
     log "running playbooks/site.yml"
     start=$(date +%s)
     "$VENV/bin/ansible-playbook" -i inventories/lab playbooks/site.yml "${@:2}"
@@ -88,8 +102,8 @@ case "${1:-up}" in
     for node in "${NODES[@]}"; do docker rm -f "dine360-lab-${node%%:*}" >/dev/null 2>&1 || true; done
     docker network rm "$NET" >/dev/null 2>&1 || true
     # The backups belong to the cluster just removed; a new cluster must not archive over them.
-    docker volume rm dine360-lab-backup >/dev/null 2>&1 || true
-    log "lab removed with its backup volume (secrets kept in $SECRETS)" ;;
+    docker volume rm dine360-lab-backup dine360-lab-odoo-data >/dev/null 2>&1 || true
+    log "lab removed with its backup and filestore volumes (secrets kept in $SECRETS)" ;;
   purge)
     "$0" down
     rm -rf "$SECRETS" .secrets/lab

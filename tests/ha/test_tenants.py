@@ -125,8 +125,8 @@ def test_t01_onboard_by_tag(cluster, tenants, state):
     # A client of an existing tenant stays connected while PgBouncer is reloaded.
     keep = connect(cluster, cluster.topo.write_port, A, tenants.app_role["core"], tenants.app_password("core"))
     with keep.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS pos_order (id serial PRIMARY KEY, total numeric)")
-        cur.execute("INSERT INTO pos_order (total) VALUES (10), (20), (30)")
+        cur.execute("CREATE TABLE IF NOT EXISTS qa_order (id serial PRIMARY KEY, total numeric)")
+        cur.execute("INSERT INTO qa_order (total) VALUES (10), (20), (30)")
     pid_before = [p for p in _pgbouncer_pids(cluster)]
 
     rc, out, secs = tenants.run(tags="onboard")
@@ -135,7 +135,7 @@ def test_t01_onboard_by_tag(cluster, tenants, state):
     assert {A, B, C} <= set(dbs), dbs
     print(f"onboarded {B} and {C} with --tags onboard (whole list) in {secs:.1f}s")
     with keep.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pos_order")
+        cur.execute("SELECT count(*) FROM qa_order")
         assert cur.fetchone()[0] == 3, "a client connection did not survive PgBouncer's reload"
     keep.close()
     assert _pgbouncer_pids(cluster) == pid_before, "PgBouncer was restarted, not reloaded"

@@ -48,13 +48,37 @@ def tenant_pgbouncer_databases(tenants, plans, default_pool_size):
 
 
 def tenant_password(seed, purpose, name):
-    """The derived password of a group's role (purpose 'app') or a tenant's reporting role ('report')."""
-    if purpose not in ('app', 'report'):
-        raise AnsibleFilterError("tenant_password: purpose must be 'app' or 'report'")
+    """The derived password of a group's role (purpose 'app'), a tenant's reporting role ('report')
+    or a tenant's Odoo admin user ('odoo-admin')."""
+    if purpose not in ('app', 'report', 'odoo-admin'):
+        raise AnsibleFilterError("tenant_password: purpose must be 'app', 'report' or 'odoo-admin'")
     try:
         return _t.derive_password(seed, purpose, name)
     except ValueError as e:
         raise AnsibleFilterError('tenant_password: %s (set saas_password_seed in the vault)' % e)
+
+
+def odoo_template_modules(tenants, plans, group, default_plan, base=()):
+    """The modules of a group's template: the base modules plus those of every plan its tenants are on
+    (the default plan's when it has none yet), sorted."""
+    used = set(t.get('plan', default_plan) for t in tenants or []
+               if isinstance(t, dict) and t.get('group') == group and t.get('state', 'present') != 'absent')
+    if not used:
+        used = set([default_plan])
+    unknown = sorted(p for p in used if p not in (plans or {}))
+    if unknown:
+        raise AnsibleFilterError('odoo_template_modules: unknown plan(s) %s in group %s' % (', '.join(unknown), group))
+    modules = set(base or ())
+    for plan in used:
+        modules.update(plans[plan].get('odoo_modules') or [])
+    return sorted(modules)
+
+
+def group_tenant_names(tenants, group, only=None):
+    """Names of a group's tenants that are not absent, limited to ``only`` when it is not empty."""
+    return [t['name'] for t in tenants or []
+            if isinstance(t, dict) and t.get('group') == group and t.get('state', 'present') != 'absent'
+            and (not only or t.get('name') in only)]
 
 
 class FilterModule(object):
@@ -63,4 +87,6 @@ class FilterModule(object):
             'tenant_list_errors': tenant_list_errors,
             'tenant_pgbouncer_databases': tenant_pgbouncer_databases,
             'tenant_password': tenant_password,
+            'odoo_template_modules': odoo_template_modules,
+            'group_tenant_names': group_tenant_names,
         }
