@@ -52,8 +52,8 @@ def verify_password(password, stored):
 
 
 def company_name(tenant):
-    """The tenant's company name: its own ``company_name`` or its name in title case."""
-    return tenant.get('company_name') or ' '.join(p.capitalize() for p in tenant['name'].split('-'))
+    """The tenant's company name: its own ``company`` or its name in title case."""
+    return tenant.get('company') or ' '.join(p.capitalize() for p in tenant['name'].split('-'))
 
 
 def template_marker(release, modules, demo=False):

@@ -214,7 +214,7 @@ def validate(tenants, plans, groups, reserved=()):
         if not isinstance(entry, dict):
             errors.append('%s must be a mapping with name, plan, group and state' % label)
             continue
-        unknown = sorted(set(entry) - set(['name', 'plan', 'group', 'state', 'company', 'force']))
+        unknown = sorted(set(entry) - set(['name', 'plan', 'group', 'state', 'company', 'force', 'admin_password']))
         if unknown:
             errors.append('%s: unknown keys %s' % (label, ', '.join(unknown)))
         name = entry.get('name')

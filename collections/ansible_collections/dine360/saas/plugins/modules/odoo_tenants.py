@@ -18,7 +18,7 @@ description:
     admin password, its company name and C(web.base.url) on C(https://<tenant>.<domain>) (frozen) - and
     records the tenant's name in C(ir.config_parameter) C(dine360.tenant).
   - A database already personalised for its tenant is left alone, except that C(web.base.url) follows
-    O(domain) and the company name follows an explicit C(company_name). A database without Odoo tables
+    O(domain) and the company name follows an explicit C(company). A database without Odoo tables
     (created before its group's template existed) is reported in RV(uninitialized) and not changed.
   - The admin password is the tenant's C(admin_password) when set, else derived from O(password_seed)
     (purpose C(odoo-admin); the filter C(dine360.saas.tenant_password) gives it to the operator). Only
@@ -201,7 +201,7 @@ def main():
                 if not module.check_mode:
                     personalize(cur, tenant, p['domain'], p['password_seed'])
             else:
-                wanted_company = tenant.get('company_name')
+                wanted_company = tenant.get('company')
                 drift = current.get('web.base.url') != base_url or (wanted_company and _company(cur) != wanted_company)
                 if drift:
                     result['updated'].append(name)

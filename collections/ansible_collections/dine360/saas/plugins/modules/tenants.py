@@ -223,6 +223,10 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     ensure_required_libs(module)
     p = module.params
+    # A tenant may carry its Odoo admin password (from the vault): never echoed back.
+    for t in p['tenants']:
+        if isinstance(t, dict) and t.get('admin_password'):
+            module.no_log_values.add(str(t['admin_password']))
     if len(p['password_seed']) < 16:
         module.fail_json(msg='password_seed is shorter than 16 characters: set saas_password_seed in the '
                              "environment's vault (the lab generates it)", errors=['password_seed too short'])

@@ -50,3 +50,46 @@ def test_passwords():
         f.tenant_password('', 'app', 'core')
     with pytest.raises(AnsibleFilterError):
         f.tenant_password('s' * 20, 'other', 'core')
+
+
+# --------------------------------------------------------------------------- Odoo templates
+
+ODOO_PLANS = {'starter': {'odoo_modules': ['pos_restaurant']},
+              'standard': {'odoo_modules': ['pos_restaurant', 'account', 'stock']},
+              'empty': {}}
+
+
+def test_template_modules_are_the_union_of_the_groups_plans():
+    tenants = [{'name': 'a', 'plan': 'starter', 'group': 'core'},
+               {'name': 'b', 'plan': 'standard', 'group': 'core'},
+               {'name': 'c', 'plan': 'standard', 'group': 'vip', 'state': 'present'}]
+    assert f.odoo_template_modules(tenants[:1], ODOO_PLANS, 'core', 'starter', ['base', 'web']) == \
+        ['base', 'pos_restaurant', 'web']
+    assert f.odoo_template_modules(tenants, ODOO_PLANS, 'core', 'starter', ['base']) == \
+        ['account', 'base', 'pos_restaurant', 'stock']
+
+
+def test_template_modules_ignore_absent_tenants_and_default_to_the_default_plan():
+    tenants = [{'name': 'gone', 'plan': 'standard', 'group': 'core', 'state': 'absent'}]
+    assert f.odoo_template_modules(tenants, ODOO_PLANS, 'core', 'starter', ['base']) == ['base', 'pos_restaurant']
+    assert f.odoo_template_modules([], ODOO_PLANS, 'core', 'empty', ['base']) == ['base']
+
+
+def test_template_modules_name_an_unknown_plan():
+    with pytest.raises(AnsibleFilterError, match='gold'):
+        f.odoo_template_modules([{'name': 'a', 'plan': 'gold', 'group': 'core'}], ODOO_PLANS, 'core', 'starter')
+
+
+def test_group_tenant_names():
+    tenants = [{'name': 'a', 'group': 'core'}, {'name': 'b', 'group': 'core', 'state': 'absent'},
+               {'name': 'c', 'group': 'vip'}, {'name': 'd', 'group': 'core', 'state': 'suspended'}]
+    assert f.group_tenant_names(tenants, 'core') == ['a', 'd']
+    assert f.group_tenant_names(tenants, 'core', ['d', 'c']) == ['d']
+
+
+def test_odoo_admin_password_is_derived_and_distinct():
+    seed = 'x' * 32
+    a = f.tenant_password(seed, 'odoo-admin', 'pizza-roma')
+    assert a == f.tenant_password(seed, 'odoo-admin', 'pizza-roma')
+    assert a != f.tenant_password(seed, 'odoo-admin', 'sushi-go')
+    assert a != f.tenant_password(seed, 'report', 'pizza-roma')

@@ -40,7 +40,7 @@ def test_each_hash_has_its_own_salt():
 
 def test_company_name_from_tenant():
     assert ou.company_name({'name': 'pizza-roma'}) == 'Pizza Roma'
-    assert ou.company_name({'name': 'pizza-roma', 'company_name': 'Pizzeria Roma SRL'}) == 'Pizzeria Roma SRL'
+    assert ou.company_name({'name': 'pizza-roma', 'company': 'Pizzeria Roma SRL'}) == 'Pizzeria Roma SRL'
 
 
 def test_template_marker_is_order_independent_and_names_what_matters():
