@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -60,12 +61,18 @@ def tenants_run(topo, entries, tags, tenant=None, extra=None):
         cmd += ["-e", f"tenant={tenant}"]
     t0 = time.monotonic()
     try:
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+        # profile_tasks: the slowest tasks of the run are logged, to see where the time goes.
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600,
+                           env=dict(os.environ, ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks",
+                                    PROFILE_TASKS_TASK_OUTPUT_LIMIT="6", ANSIBLE_NOCOLOR="1"))
     finally:
         os.unlink(fh.name)
     secs = time.monotonic() - t0
     if p.returncode != 0:
         raise SystemExit(f"tenants.yml --tags {tags} failed:\n{(p.stdout + p.stderr)[-4000:]}")
+    slow = [ln.strip() for ln in p.stdout.splitlines() if re.search(r"-{3,} \d+\.\d+s$", ln.strip())]
+    for ln in slow[:6]:
+        log(f"    {ln}")
     return secs
 
 
@@ -90,7 +97,8 @@ def main() -> int:
     entries = base + [{"name": n, "plan": "starter", "group": "core", "state": "present"} for n in names]
     app1 = app["app_nodes"][0]["container"]
     primary = cluster.wait_primary(60)
-    results = {"machine": machine(), "tenants": args.tenants, "init_sample": args.init_sample}
+    results = {"machine": machine(), "tenants": args.tenants, "init_sample": args.init_sample,
+               "load_start": os.getloadavg()[1]}
 
     try:
         log(f"clone: one restaurant ({single}) with --tags onboard -e tenant={single}")
@@ -103,9 +111,10 @@ def main() -> int:
         # Each clone serves its login page (Odoo really runs on it).
         for n in (batch[0], batch[-1]):
             out = cluster.docker(["exec", app1, "python3", "-c",
-                                  "import urllib.request,sys;r=urllib.request.Request('http://127.0.0.1:%d/web/login',"
-                                  "headers={'Host':'%s.%s'});print(urllib.request.urlopen(r,timeout=60).status)"
-                                  % (int(app["odoo_http_port"]), n, app["domain"])], check=False)
+                                  "import urllib.request,sys;r=urllib.request.Request('http://%s:%d/web/login',"
+                                  "headers={'Host':'%s.%s'});print(urllib.request.urlopen(r,timeout=120).status)"
+                                  % (app["app_nodes"][0]["address"], int(app["odoo_http_port"]), n, app["domain"])],
+                                 check=False)
             if "200" not in out.stdout:
                 log(f"  warning: {n}/web/login via {app1}: {out.stdout.strip()} {out.stderr.strip()[-300:]}")
 
@@ -142,6 +151,7 @@ def main() -> int:
             cluster.psql(cluster.wait_primary(60), f'DROP DATABASE IF EXISTS "bench-init-{i:03d}" WITH (FORCE)')
         cluster.docker(["exec", app1, "sh", "-c", "rm -rf /var/lib/odoo/filestore/bench-*"], check=False)
 
+    results["load_end"] = os.getloadavg()[1]
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)
@@ -157,7 +167,8 @@ def render(r: dict) -> str:
     return f"""{START}
 ## Onboarding restaurants: clone of the group template vs `odoo -i` (bench/onboarding.py)
 
-Machine: {r['machine']}. Lab with Odoo 17 on two app servers; every restaurant gets
+Machine: {r['machine']}; 5-minute load average {r['load_start']:.1f} at the start, {r['load_end']:.1f} at the end
+(another job shared the machine). Lab with Odoo 17 on two app servers; every restaurant gets
 `pos_restaurant` (no demo data). Clone = `playbooks/tenants.yml --tags onboard` (database,
 roles, `CREATE DATABASE ... TEMPLATE core-template`, fresh uuid/admin password/company/
 web.base.url, filestore copy, HAProxy routing). Init = an empty database and

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Give each new restaurant a copy of its group template's filestore (run as Odoo's user).
 
     odoo_filestore.py DATA_DIR TEMPLATE TENANT [TENANT ...]

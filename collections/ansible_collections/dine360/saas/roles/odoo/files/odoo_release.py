@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Identify and pack an Odoo source directory on the controller (used by the odoo role).
 
     odoo_release.py id DIR            print the release id of DIR
