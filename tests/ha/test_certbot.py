@@ -20,6 +20,7 @@ deletes after each run (roles/certbot/README.md).
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import ssl
@@ -71,6 +72,15 @@ def pem_path(app) -> str:
     return app.get("certbot_pem") or f"/etc/haproxy/certs/{app['domain']}.pem"
 
 
+def bundle_path(app) -> str:
+    return app.get("acme_ca_bundle") or "/usr/local/share/dine360/acme-test-ca.pem"
+
+
+def not_after(ops, node, path: str) -> int:
+    end = cert_field(ops, node, path, "-enddate").split("=", 1)[1]
+    return calendar.timegm(time.strptime(end, "%b %d %H:%M:%S %Y GMT"))
+
+
 def metric_files(app) -> tuple[str, str]:
     d = app.get("textfile_dir") or "/var/lib/prometheus/node-exporter"
     return (f"{d}/dine360_certificate_{app['domain']}.prom", f"{d}/dine360_certificate_renewal_{app['domain']}.prom")
@@ -88,12 +98,27 @@ def serial(ops, node, path: str) -> str:
     return cert_field(ops, node, path, "-serial").split("=", 1)[1]
 
 
-def served_serial(ops, node, domain: str) -> str | None:
-    """Serial of the certificate HAProxy serves on node:443 for x.<domain> (SNI), from the node itself."""
-    proc = sh(ops, node, f"openssl s_client -connect {node.address}:443 -servername x.{domain} </dev/null 2>/dev/null"
+def served_serial(ops, node, domain: str, address: str) -> str | None:
+    """Serial of the certificate served on address:443 for x.<domain> (SNI), fetched from inside node."""
+    proc = sh(ops, node, f"openssl s_client -connect {address}:443 -servername x.{domain} </dev/null 2>/dev/null"
                          " | openssl x509 -noout -serial", timeout=30, check=False)
     m = re.search(r"serial=([0-9A-F]+)", proc.stdout)
     return m.group(1) if m else None
+
+
+def served_address(ops, app, node) -> str | None:
+    """Where HAProxy on node serves the PEM: its address, loopback or the web VIP (None: HAProxy not running)."""
+    if not haproxy_active(ops, node):
+        return None
+    current = serial(ops, node, pem_path(app))
+    candidates = [node.address, "127.0.0.1"] + ([app["web_vip"]] if app.get("web_vip") else [])
+    seen = {a: served_serial(ops, node, app["domain"], a) for a in candidates}
+    for address, got in seen.items():
+        if got == current:
+            return address
+    pytest.fail(f"HAProxy runs on {node.name} but serves no certificate with the PEM's serial {current} on :443 "
+                f"(served: {seen})")
+    return None
 
 
 def haproxy_active(ops, node) -> bool:
@@ -108,8 +133,7 @@ def metrics(ops, node, path: str) -> dict[str, float]:
 def pebble_intermediate_subject(ops, node, app) -> str:
     """Subject of Pebble's current intermediate, from its management endpoint (trusting the test CA)."""
     from cryptography import x509
-    bundle = app.get("acme_ca_bundle") or "/usr/local/share/dine360/acme-test-ca.pem"
-    ctx = ssl.create_default_context(cadata=ops.dexec(node, ["cat", bundle]).stdout)
+    ctx = ssl.create_default_context(cadata=ops.dexec(node, ["cat", bundle_path(app)]).stdout)
     url = f"https://{app['acme_address']}:15000/intermediates/0"
     with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:  # noqa: S310 - the ACME test container
         return x509.load_pem_x509_certificate(resp.read()).subject.rfc4514_string()
@@ -149,16 +173,19 @@ def test_c01_every_balancer_has_the_wildcard_pem(ops, app, web_nodes):
         assert mode == ["600", "root", "root"], f"{node.name}: {pem} is {mode}"
         dmode = ops.dexec(node, ["stat", "-c", "%a %U", pem.rsplit("/", 1)[0]]).stdout.split()
         assert dmode[0] in ("700", "750") and dmode[1] == "root", f"{node.name}: directory {dmode}"
-        text = ops.dexec(node, ["cat", pem]).stdout
-        assert text.count("BEGIN CERTIFICATE") >= 2 and "PRIVATE KEY" in text, f"{node.name}: PEM is not chain + key"
+        # Counted in the container: the private key does not leave the node.
+        certs = int(ops.dexec(node, ["grep", "-c", "BEGIN CERTIFICATE", pem]).stdout)
+        keys = int(ops.dexec(node, ["grep", "-c", "BEGIN .*PRIVATE KEY", pem], check=False).stdout or 0)
+        assert certs >= 2 and keys == 1, f"{node.name}: PEM has {certs} certificates and {keys} keys (want chain + key)"
         san = cert_field(ops, node, pem, "-ext", "subjectAltName")
         assert f"DNS:*.{domain}" in san and re.search(rf"DNS:{re.escape(domain)}(,|$)", san, flags=re.M), san
         got = cert_field(ops, node, pem, "-issuer", "-nameopt", "RFC2253").split("=", 1)[1]
         assert got == issuer, f"{node.name}: issued by {got!r}, Pebble's intermediate is {issuer!r}"
+        verify = ops.dexec(node, ["openssl", "verify", "-CAfile", bundle_path(app), "-untrusted", pem, pem], check=False)
+        assert verify.returncode == 0, f"{node.name}: chain does not verify to Pebble's root: {verify.stdout}{verify.stderr}"
         end = cert_field(ops, node, pem, "-enddate").split("=", 1)[1]
-        not_after = time.mktime(time.strptime(end, "%b %d %H:%M:%S %Y GMT")) - time.timezone
         m = metrics(ops, node, expiry_file)
-        assert m.get("dine360_certificate_expiry_timestamp_seconds") == pytest.approx(not_after, abs=1), (m, end)
+        assert m.get("dine360_certificate_expiry_timestamp_seconds") == not_after(ops, node, pem), (m, end)
         print(f"\n{node.name}: {pem} serial {serial(ops, node, pem)} for {san.splitlines()[-1].strip()}, "
               f"issuer {got}, expires {end}")
 
@@ -168,6 +195,7 @@ def test_c02_forced_renewal_is_served(ops, app, web_nodes):
     expiry_file, renewal_file = metric_files(app)
     for node in web_nodes:
         before = serial(ops, node, pem)
+        address = served_address(ops, app, node)
         t_start = time.time()
         rc, secs = run_renewal(ops, node, FORCE)
         assert rc == 0, f"forced renewal failed on {node.name}:\n{journal(ops, node)}"
@@ -175,13 +203,12 @@ def test_c02_forced_renewal_is_served(ops, app, web_nodes):
         assert after != before, f"{node.name}: serial still {before} after a forced renewal"
         m = metrics(ops, node, renewal_file)
         assert m["dine360_certificate_renewal_last_success_timestamp_seconds"] >= int(t_start) - 1, m
-        end = cert_field(ops, node, pem, "-enddate").split("=", 1)[1]
-        not_after = time.mktime(time.strptime(end, "%b %d %H:%M:%S %Y GMT")) - time.timezone
-        assert metrics(ops, node, expiry_file)["dine360_certificate_expiry_timestamp_seconds"] == pytest.approx(not_after, abs=1)
-        if haproxy_active(ops, node):
-            halib.wait_until(lambda n=node: served_serial(ops, n, domain) == after, 30,
-                             f"HAProxy on {node.name} does not serve the new certificate {after}")
-            served = f"HAProxy serves {after}"
+        expiry = metrics(ops, node, expiry_file)["dine360_certificate_expiry_timestamp_seconds"]
+        assert expiry == not_after(ops, node, pem), f"{node.name}: expiry metric {expiry} is not the new certificate's"
+        if address:
+            halib.wait_until(lambda n=node, a=address: served_serial(ops, n, domain, a) == after, 30,
+                             f"HAProxy on {node.name} does not serve the new certificate {after} on {address}:443")
+            served = f"HAProxy serves {after} on {address}:443"
         else:
             served = "HAProxy not running there"
         print(f"\n{node.name}: forced renewal in {secs:.1f}s, serial {before} -> {after}; {served}")
@@ -193,7 +220,8 @@ def test_c03_failed_renewal_keeps_the_certificate(ops, topology, app, web_nodes,
     node = web_nodes[0]
     zone = f"_acme-challenge.{domain}"
     digest = ops.dexec(node, ["sha256sum", pem]).stdout.split()[0]
-    served_before = served_serial(ops, node, domain) if haproxy_active(ops, node) else None
+    address = served_address(ops, app, node)
+    served_before = served_serial(ops, node, domain, address) if address else None
     t_start = time.time()
     ops.dexec(acme, ["rndc", "freeze", zone])
     try:
@@ -203,16 +231,16 @@ def test_c03_failed_renewal_keeps_the_certificate(ops, topology, app, web_nodes,
         assert result != "success", result
         assert ops.dexec(node, ["sha256sum", pem]).stdout.split()[0] == digest, f"{node.name}: the PEM changed"
         if served_before:
-            assert served_serial(ops, node, domain) == served_before, "HAProxy serves another certificate"
+            assert served_serial(ops, node, domain, address) == served_before, "HAProxy serves another certificate"
         m = metrics(ops, node, renewal_file)
         failed_at = m["dine360_certificate_renewal_last_failure_timestamp_seconds"]
         assert failed_at >= int(t_start) - 1, m
         assert failed_at > m["dine360_certificate_renewal_last_success_timestamp_seconds"], m
         print(f"\n{node.name}: renewal with DNS-01 refused failed in {secs:.1f}s (Result={result}); "
               f"PEM and served certificate unchanged; failure metric written")
-        _check_alert(topology, node)
     finally:
         ops.dexec(acme, ["rndc", "thaw", zone], check=False)
+    _check_alert(topology, node)
     # A normal run (nothing due) succeeds again and clears the failure state.
     rc, _ = run_renewal(ops, node, NO_SLEEP)
     assert rc == 0, f"renewal after the zone was thawed failed on {node.name}:\n{journal(ops, node)}"
