@@ -3,7 +3,7 @@ test servers (Pebble and BIND9, molecule/default/prepare_acme.yml).
 
 Needs the topology key ``app``: ``domain``, ``web_nodes`` [{name, address, container}],
 ``acme_container``, ``acme_address`` (and optionally ``web_vip``, ``certbot_pem``,
-``acme_ca_bundle``, ``textfile_dir``). Skipped, saying so, when it is absent.
+``acme_ca_bundle_container_path``, ``textfile_dir``). Skipped, saying so, when it is absent.
 
 - c01: every web balancer holds HAProxy's PEM (0600 root) with a leaf for ``*.<domain>``
   and ``<domain>`` issued by Pebble's current intermediate, and the expiry metric matches it;
@@ -73,7 +73,8 @@ def pem_path(app) -> str:
 
 
 def bundle_path(app) -> str:
-    return app.get("acme_ca_bundle") or "/usr/local/share/dine360/acme-test-ca.pem"
+    return (app.get("acme_ca_bundle_container_path") or app.get("acme_ca_bundle")
+            or "/usr/local/share/dine360/acme-test-ca.pem")
 
 
 def not_after(ops, node, path: str) -> int:
