@@ -54,22 +54,32 @@ def run_module(name, args, tmp_path, check_mode=False):
     return json.loads(p.stdout)
 
 
-@pytest.fixture
-def pg(pg_server):
-    conn = pgu.connect(pg_server.params())
-    cur = conn.cursor()
-    for db in ('tpl-core', 'resto-a', 'resto-b'):
+DATABASES = ('tpl-core', 'resto-a', 'resto-b')
+ROLES = ('u_odoo_tpl', 'pgb_auth_tpl')
+
+
+def _clean(cur):
+    """Drop what these tests make (a sealed template too), so that no other test finds it."""
+    for db in DATABASES:
         if _exists(cur, db):
             cur.execute('ALTER DATABASE "%s" IS_TEMPLATE false' % db)
-        cur.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % db)
-    for role in ('u_odoo_tpl', 'pgb_auth_tpl'):
+            cur.execute('DROP DATABASE "%s" WITH (FORCE)' % db)
+    for role in ROLES:
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
         if cur.fetchone():
             cur.execute('DROP OWNED BY "%s"' % role)
             cur.execute('DROP ROLE "%s"' % role)
+
+
+@pytest.fixture
+def pg(pg_server):
+    conn = pgu.connect(pg_server.params())
+    cur = conn.cursor()
+    _clean(cur)
     cur.execute('CREATE ROLE u_odoo_tpl LOGIN')
     cur.execute('CREATE ROLE pgb_auth_tpl LOGIN')
     yield pg_server, cur
+    _clean(cur)
     conn.close()
 
 
