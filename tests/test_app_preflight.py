@@ -4,16 +4,9 @@ Runs the real playbook with `--tags preflight` against a throwaway inventory who
 the local connection (nothing is installed anywhere): the app servers' Odoo checks, the web
 balancers' certbot and keepalived checks, and the Redis checks.
 """
-import os
-import re
-import subprocess
-import sys
-
 import pytest
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from preflight_run import run_preflight
 ADMIN = 'Od00-master-' + 'x' * 20
 TSIG = 'T' * 44
 
@@ -22,17 +15,13 @@ def run(tmp_path, overrides=None, drop=()):
     source = tmp_path / 'odoo-src'
     (source / 'odoo').mkdir(parents=True, exist_ok=True)
     (source / 'odoo' / 'release.py').write_text("version_info = (17, 0, 0, 'final', 0, '')\n")
-    inv = tmp_path / 'inv'
-    (inv / 'group_vars').mkdir(parents=True, exist_ok=True)
     names = ['a1', 'a2', 'a3']
     hosts = {n: {'dine360_node_address': '127.0.97.%d' % (i + 10)} for i, n in enumerate(names)}
-    (inv / 'hosts.yml').write_text(yaml.safe_dump({'all': {'children': {
-        'app_servers': {'hosts': {n: None for n in names[:2]}},
-        'web_balancers': {'hosts': {n: None for n in names[:2]}},
-        'redis_cluster': {'hosts': {n: None for n in names}},
-        'nodes': {'hosts': hosts}}}}))
-    gv = {'ansible_connection': 'local', 'ansible_become': False, 'ansible_python_interpreter': sys.executable,
-          'saas_domain': 'restaurants.example.com', 'saas_password_seed': 'Z' * 40,
+    children = {'app_servers': {'hosts': {n: None for n in names[:2]}},
+                'web_balancers': {'hosts': {n: None for n in names[:2]}},
+                'redis_cluster': {'hosts': {n: None for n in names}},
+                'nodes': {'hosts': hosts}}
+    gv = {'saas_domain': 'restaurants.example.com', 'saas_password_seed': 'Z' * 40,
           'odoo_admin_passwd': ADMIN, 'odoo_source': str(source), 'odoo_db_host': '127.0.97.100',
           'redis_password': 'Rr7' * 8,
           'certbot_dns_provider': 'rfc2136', 'certbot_rfc2136_server': '127.0.97.53',
@@ -40,16 +29,7 @@ def run(tmp_path, overrides=None, drop=()):
           'keepalived_vip': '127.0.97.110', 'keepalived_virtual_router_id': 78, 'keepalived_interface': 'lo',
           'keepalived_auth_pass': 'k33p4l1v', 'keepalived_group': 'web_balancers',
           'haproxy_stats_password': 'E' * 20}
-    gv.update(overrides or {})
-    for k in drop:
-        gv.pop(k, None)
-    (inv / 'group_vars' / 'all.yml').write_text(yaml.safe_dump(gv))
-    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ['PATH'], ANSIBLE_NOCOLOR='1',
-               ANSIBLE_STDOUT_CALLBACK='ansible.builtin.default')
-    p = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inv), 'playbooks/app_tier.yml',
-                        '--tags', 'preflight'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    out = p.stdout + p.stderr
-    return p.returncode, out, [int(c) for c in re.findall(r'changed=(\d+)', out)]
+    return run_preflight(tmp_path, 'playbooks/app_tier.yml', children, gv, overrides=overrides, drop=drop)
 
 
 def test_valid_input_passes(tmp_path):

@@ -3,38 +3,19 @@
 Runs the real playbook with `--tags preflight` against a throwaway inventory whose hosts use
 the local connection (nothing is installed anywhere).
 """
-import os
-import re
-import subprocess
-import sys
-
 import pytest
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from preflight_run import run_preflight
+
 PASSWORD = 'Rr7' * 8
 
 
 def run(tmp_path, overrides=None, drop=(), hosts=3):
-    inv = tmp_path / 'inv'
-    (inv / 'group_vars').mkdir(parents=True, exist_ok=True)
     names = ['r%d' % i for i in range(1, hosts + 1)]
-    hosts_yml = {'all': {'children': {'redis_cluster': {'hosts': {
-        n: {'dine360_node_address': '127.0.98.%d' % (i + 10)} for i, n in enumerate(names)}}}}}
-    (inv / 'hosts.yml').write_text(yaml.safe_dump(hosts_yml))
-    gv = {'ansible_connection': 'local', 'ansible_become': False,
-          'ansible_python_interpreter': sys.executable, 'redis_password': PASSWORD}
-    gv.update(overrides or {})
-    for k in drop:
-        gv.pop(k, None)
-    (inv / 'group_vars' / 'all.yml').write_text(yaml.safe_dump(gv))
-    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ['PATH'], ANSIBLE_NOCOLOR='1',
-               ANSIBLE_STDOUT_CALLBACK='ansible.builtin.default')
-    p = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inv), 'playbooks/redis.yml',
-                        '--tags', 'preflight'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    out = p.stdout + p.stderr
-    return p.returncode, out, [int(c) for c in re.findall(r'changed=(\d+)', out)]
+    children = {'redis_cluster': {'hosts': {
+        n: {'dine360_node_address': '127.0.98.%d' % (i + 10)} for i, n in enumerate(names)}}}
+    return run_preflight(tmp_path, 'playbooks/redis.yml', children, {'redis_password': PASSWORD},
+                         overrides=overrides, drop=drop)
 
 
 def test_valid_input_passes(tmp_path):
