@@ -1,10 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, dine360.saas engineers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters used by the dine360.saas roles to size and check PostgreSQL."""
+"""Filters used by the dine360.saas roles to size and check PostgreSQL, and to skip package installs with nothing to do."""
 
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
+
+from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
@@ -80,9 +82,28 @@ def changed_keys(desired, current):
     return sorted(k for k, v in desired.items() if k not in current or str(current[k]) != str(v))
 
 
+def packages_missing(wanted, installed=None):
+    """The packages of ``wanted`` that ``installed`` lacks.
+
+    ``installed`` is a list of installed package names (``dine360_installed_packages``,
+    listed by the playbooks' fact-gathering plays) or ``ansible_facts.packages``. With
+    neither, every package counts as missing, and so does a name with a version or
+    release pin (``name=1.2``, ``name/bookworm``): the caller falls back to the package
+    manager whenever it cannot be sure there is nothing to do.
+    """
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    if isinstance(installed, (list, tuple, set)):
+        installed = set(installed)
+    elif not isinstance(installed, Mapping):
+        return list(wanted)
+    return [p for p in wanted if any(c in p for c in "=/<>*") or p not in installed]
+
+
 class FilterModule(object):
     def filters(self):
         return {
+            'packages_missing': packages_missing,
             'pg_memory_settings': pg_memory_settings,
             'cidr_list': cidr_list,
             'changed_keys': changed_keys,

@@ -71,3 +71,26 @@ def test_changed_keys():
     assert pg.changed_keys({'a': 1}, None) == ['a']
     with pytest.raises(AnsibleFilterError):
         pg.changed_keys([], {})
+
+
+def test_packages_missing_against_the_installed_list():
+    installed = ['etcd-server', 'etcd-client', 'curl']
+    assert pg.packages_missing(['etcd-server', 'etcd-client'], installed) == []
+    assert pg.packages_missing(['etcd-server', 'pgbouncer'], installed) == ['pgbouncer']
+    assert pg.packages_missing('curl', installed) == []
+
+
+def test_packages_missing_accepts_package_facts():
+    facts = {'curl': [{'version': '7.88'}]}
+    assert pg.packages_missing(['curl'], facts) == []
+    assert pg.packages_missing(['curl', 'haproxy'], facts) == ['haproxy']
+
+
+@pytest.mark.parametrize('installed', [None, '', 'curl'])
+def test_packages_missing_without_a_list_runs_the_package_manager(installed):
+    assert pg.packages_missing(['curl'], installed) == ['curl']
+
+
+@pytest.mark.parametrize('pinned', ['curl=7.88.1-10', 'curl/bookworm-backports', 'curl>=7'])
+def test_packages_missing_never_skips_a_pinned_package(pinned):
+    assert pg.packages_missing([pinned], ['curl']) == [pinned]
