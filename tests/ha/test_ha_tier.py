@@ -11,6 +11,7 @@ Run with ``pytest tests/ha -s -v``; measured figures are printed.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import threading
 import time
 import uuid
@@ -304,6 +305,42 @@ def test_03_pooling_1000_clients(cluster, tdb):
     assert max_server > 0, "never saw a server connection for the test database"
     assert max_server <= limit, \
         f"{max_server} server connections > default_pool_size + reserve_pool_size = {limit}"
+
+
+# ---------------------------------------------------------------------------- 3b. etcd leader guard
+
+
+def _etcd_leader(cluster):
+    """(member id, node) of etcd's current raft leader."""
+    status = json.loads(cluster.etcdctl(["endpoint", "status", "-w", "json"]).stdout)
+    for item in status:
+        st = item["Status"]
+        if st["leader"] == st["header"]["member_id"]:
+            host = item["Endpoint"].split("//", 1)[-1].rsplit(":", 1)[0]
+            return st["leader"], next((n for n in cluster.nodes if n.address == host), None)
+    raise AssertionError(f"no etcd endpoint reports itself as leader: {status}")
+
+
+def test_03b_etcd_leader_kept_off_primary(cluster):
+    """Where etcd shares hosts with PostgreSQL, the guard moves etcd's leader off the primary."""
+    cluster.wait_healthy(120)
+    primary = cluster.wait_primary(30)
+    members = {m["name"]: m["ID"] for m in cluster.etcd_members()}
+    if primary.name not in members:
+        pytest.skip(f"{primary.name} is not an etcd member: nothing to keep apart")
+    # Put etcd's leadership on the primary's host on purpose, as an etcd election could.
+    _, holder = _etcd_leader(cluster)
+    if holder != primary:
+        cluster.etcdctl(["move-leader", format(members[primary.name], "x")])
+    halib.wait_until(lambda: _etcd_leader(cluster)[1] == primary, 15,
+                     f"etcd leadership moved onto {primary.name} for the test")
+    t0 = time.monotonic()
+    halib.wait_until(lambda: _etcd_leader(cluster)[1] not in (primary, None), 75,
+                     f"the guard moves etcd's leader off the primary {primary.name}", interval=1.0)
+    _, now = _etcd_leader(cluster)
+    print(f"\nETCD LEADER GUARD: leadership put on the primary {primary.name}; moved to "
+          f"{now.name} after {time.monotonic() - t0:.1f}s")
+    assert cluster.wait_primary(30) == primary, "moving etcd's leader must not move the primary"
 
 
 # ---------------------------------------------------------------------------- 4. failover
