@@ -102,7 +102,7 @@ def test_root_group_vars_reach_lab_host(empty_dir):
     assert hostvars["dine360_org_policy_marker"] == "root-group-vars"
     # The lab inventory's own values are still there.
     assert hostvars["dine360_environment"] == "lab"
-    assert hostvars["ansible_connection"] == "community.docker.docker"
+    assert hostvars["ansible_connection"] == "docker"
 
 
 def test_root_group_vars_come_from_the_plugin(empty_dir):
