@@ -4,17 +4,11 @@ Runs the real playbooks/db_cluster.yml against a throwaway inventory of three ho
 that use the local connection (so nothing is installed anywhere): only the preflight
 plays run (`--tags preflight`), or one role's preflight (`--tags patroni_preflight`).
 """
-import os
-import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from preflight_run import run_preflight
 
 SECRETS = {
     'patroni_superuser_password': 'S' * 20, 'patroni_replication_password': 'R' * 20,
@@ -24,8 +18,6 @@ SECRETS = {
     'keepalived_auth_pass': 'k33p4l1v', 'saas_password_seed': 'Z' * 40,
 }
 BASE = {
-    'ansible_connection': 'local', 'ansible_become': False,
-    'ansible_python_interpreter': sys.executable,
     'keepalived_vip': '127.0.99.100', 'keepalived_virtual_router_id': 77,
     'keepalived_interface': 'lo',
     'patroni_pg_hba_client_cidrs': ['10.0.0.0/24'],
@@ -38,29 +30,16 @@ BASE = {
 
 def run(tmp_path, overrides=None, drop=(), hosts=3, etcd_hosts=None, tags='preflight',
         playbook='playbooks/db_cluster.yml', extra=()):
-    inv = tmp_path / 'inv'
-    (inv / 'group_vars').mkdir(parents=True, exist_ok=True)
     names = ['n%d' % i for i in range(1, hosts + 1)]
     etcd = names[:etcd_hosts] if etcd_hosts else names
-    hosts_yml = {'all': {'children': {
+    children = {
         'etcd_cluster': {'hosts': {n: None for n in etcd}},
         'postgres_cluster': {'hosts': {n: None for n in names}},
         'db_balancers': {'hosts': {n: None for n in names}},
         'nodes': {'hosts': {n: {'dine360_node_address': '127.0.99.%d' % (i + 10)} for i, n in enumerate(names)}},
-    }}}
-    (inv / 'hosts.yml').write_text(yaml.safe_dump(hosts_yml))
-    gv = dict(BASE, **SECRETS)
-    gv.update(overrides or {})
-    for k in drop:
-        gv.pop(k, None)
-    (inv / 'group_vars' / 'all.yml').write_text(yaml.safe_dump(gv))
-    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ['PATH'], ANSIBLE_NOCOLOR='1',
-               ANSIBLE_STDOUT_CALLBACK='ansible.builtin.default')
-    p = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inv), playbook, '--tags', tags]
-                       + list(extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    out = p.stdout + p.stderr
-    changed = [int(c) for c in re.findall(r'changed=(\d+)', out)]
-    return p.returncode, out, changed
+    }
+    return run_preflight(tmp_path, playbook, children, dict(BASE, **SECRETS), overrides=overrides, drop=drop,
+                         tags=tags, extra=extra)
 
 
 def test_valid_input_passes_preflight(tmp_path):
