@@ -69,8 +69,9 @@ def main():
         for i in range(runs):
             for side, flag in SIDES:
                 took, tasks = run_once(pb, flag)
-                results.setdefault((pb, side), []).append((took, tasks, loadavg()))
-                log(f"{pb} {side} run {i + 1}: {took:.1f} s, {tasks} task results, changed=0, load {loadavg():.1f}")
+                load = loadavg()
+                results.setdefault((pb, side), []).append((took, tasks, load))
+                log(f"{pb} {side} run {i + 1}: {took:.1f} s, {tasks} task results, changed=0, load {load:.1f}")
     rows = []
     for pb in playbooks:
         mit = [t for t, _, _ in results[(pb, "mitogen")]]
