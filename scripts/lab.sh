@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The local lab: the DB tier (and Redis) in three systemd containers, monitoring (and the
 # lab's ACME and DNS test servers) in a fourth, two app servers that are also the web
-# balancers. Odoo comes from ODOO_SOURCE (a git URL or a checkout); without it the
-# Odoo steps are skipped and said so.
+# balancers. Odoo's source is ODOO_SOURCE (a checkout of Odoo 17 or a git URL) or, without
+# it, the one recorded by the last `up`, or the Odoo 17.0 archive in ../shared/odoo
+# (scripts/odoo-source.sh); it is recorded in inventories/lab/group_vars/all/odoo_source.yml
+# (git-ignored), so later commands need nothing exported.
 #
 #   scripts/lab.sh up      set up the machine if needed, create the containers,
 #                          run playbooks/site.yml, print how to connect
@@ -21,6 +23,8 @@ VIP=10.89.0.100
 WEB_VIP=10.89.0.110
 DOMAIN=dine360.test
 SECRETS=inventories/lab/group_vars/all/secrets.yml
+ODOO_VARS=inventories/lab/group_vars/all/odoo_source.yml
+ACME_CA=.artifacts/lab-acme-ca.pem
 log() { printf '\033[1;32m[lab]\033[0m %s\n' "$*"; }
 
 # The same container settings as molecule/default/molecule.yml (systemd as PID 1 without
@@ -69,12 +73,12 @@ info() {
     HAProxy stats    http://$VIP:7000/   user haproxy, password in $SECRETS
                      (curl -su haproxy:\$(sed -n 's/^haproxy_stats_password: "\\(.*\\)"/\\1/p' $SECRETS) http://$VIP:7000/\;csv)
     HAProxy metrics  http://$VIP:7000/metrics
-    Prometheus       http://10.89.0.21:9090/   (alerts: http://10.89.0.21:9090/alerts)
+    Prometheus       http://10.89.0.21:9090/   (alerts: http://10.89.0.21:9090/classic/alerts; Debian's build has the classic UI)
     Alertmanager     http://10.89.0.21:9093/
     Odoo             https://<tenant>.$DOMAIN/ on the web VIP $WEB_VIP, e.g.
-                     curl --cacert .artifacts/lab-acme-ca.pem --resolve pizza-roma.$DOMAIN:443:$WEB_VIP https://pizza-roma.$DOMAIN/web/login
-                     admin password of a tenant: ansible localhost -m debug -a "msg={{ saas_password_seed | dine360.saas.tenant_password('odoo-admin', 'pizza-roma') }}"
-    Redis Sentinel   docker exec dine360-lab-pg1 redis-cli -p 26379 --askpass sentinel get-master-addr-by-name dine360
+                     curl --cacert $ACME_CA --resolve pizza-roma.$DOMAIN:443:$WEB_VIP https://pizza-roma.$DOMAIN/web/login
+                     admin password of a tenant (user admin): .venv/bin/ansible localhost -m debug -a "msg={{ saas_password_seed | dine360.saas.tenant_password('odoo-admin', 'pizza-roma') }}"
+    Redis Sentinel   docker exec -e REDISCLI_AUTH=\$(sed -n 's/^redis_password: "\\(.*\\)"/\\1/p' $SECRETS) dine360-lab-pg1 redis-cli -p 26379 sentinel get-master-addr-by-name dine360
     Patroni          docker exec dine360-lab-pg1 patronictl -c /etc/patroni/patroni.yml list
     superuser shell  docker exec -it -u postgres dine360-lab-pg1 psql
     topology JSON    .artifacts/lab-topology.json  (for tests/ha and bench/)
@@ -87,7 +91,7 @@ case "${1:-up}" in
     "$ROOT/scripts/setup.sh"
     create
     python3 scripts/gen_secrets.py "$SECRETS"
-    [[ -n ${ODOO_SOURCE:-} ]] || log "ODOO_SOURCE is unset: Odoo is skipped (set it to a checkout of Odoo 17 or a git URL)"
+    "$ROOT/scripts/odoo-source.sh" "$ODOO_VARS" >/dev/null
     log "starting the lab's ACME (Pebble) and DNS (BIND9) test servers on mon1"
     "$VENV/bin/ansible-playbook" -i inventories/lab molecule/default/prepare_acme.yml
     log "running playbooks/site.yml"
@@ -96,6 +100,8 @@ case "${1:-up}" in
     log "site.yml took $(( $(date +%s) - start )) s"
     mkdir -p .artifacts
     "$VENV/bin/ansible-playbook" -i inventories/lab tools/topology.yml -e topology_path="$ROOT/.artifacts/lab-topology.json" >/dev/null
+    # The test ACME CA (Pebble's), for curl and browsers on this machine.
+    docker exec dine360-lab-app1 cat /usr/local/share/dine360/acme-test-ca.pem > "$ACME_CA"
     info ;;
   info) info ;;
   down)
@@ -106,7 +112,7 @@ case "${1:-up}" in
     log "lab removed with its backup and filestore volumes (secrets kept in $SECRETS)" ;;
   purge)
     "$0" down
-    rm -rf "$SECRETS" .secrets/lab
+    rm -rf "$SECRETS" .secrets/lab "$ACME_CA" .artifacts/lab-topology.json
     log "lab secrets and certificates removed" ;;
   *) echo "usage: $0 up|info|down|purge" >&2; exit 2 ;;
 esac

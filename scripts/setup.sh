@@ -77,6 +77,13 @@ if ! command -v pgbackrest >/dev/null 2>&1; then
   apt_install --no-install-recommends pgbackrest
 fi
 
+# Headless Chromium for the browser test (tests/ha/test_browser.py, driven by Playwright with
+# Debian's browser: Playwright's own browser download cannot work here).
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium (the browser test)"
+  apt_install --no-install-recommends chromium fonts-dejavu-core
+fi
+
 # --- 2. Docker engine -----------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
   if ! command -v dockerd >/dev/null 2>&1; then

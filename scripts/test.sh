@@ -37,7 +37,11 @@ step "unit tests"
 python -m pytest -q -p no:cacheprovider --ignore=tests/ha tests/ "$COLL/tests/unit"
 
 if [ "${1:-}" != "--quick" ]; then
-  step "molecule: HA DB tier (converge, idempotence, kill the primary)"
+  # The Odoo the scenario deploys: ODOO_SOURCE, or the Odoo 17.0 archive in ../shared/odoo
+  # (unpacked once into .artifacts/odoo), recorded for the scenario's inventory.
+  step "Odoo source for the scenario"
+  scripts/odoo-source.sh molecule/default/group_vars/all/odoo_source.yml
+  step "molecule: the platform (converge site.yml, idempotence, faults, Odoo in a browser)"
   molecule test -s default
 fi
 step "all tests passed in $(( $(date +%s) - t0 )) s"

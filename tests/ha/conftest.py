@@ -28,6 +28,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "run_last: run after every other test (it replaces the cluster)")
 
 
+# Set by molecule's verify (CI): a skipped test there is a failure, Odoo's included.
+FORBID_SKIPS_ENV = "D360_FORBID_SKIPS"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(FORBID_SKIPS_ENV) == "1" and str(item.path).startswith(HERE + os.sep):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where {FORBID_SKIPS_ENV}=1 (CI) forbids skips: {reason}"
+
+
 def pytest_collection_modifyitems(config, items):
     # Stable: tests marked run_last (the backup suite, whose final test restores the whole
     # cluster to an earlier time) go after all others, in their own order.

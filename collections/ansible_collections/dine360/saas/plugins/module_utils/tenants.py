@@ -304,6 +304,29 @@ def read_state(cursor, role_names):
     return dict(dbs=dbs, roles=roles, final_backups=backups)
 
 
+# Whether a tenant database holds Odoo (its module table) and how many relations it has
+# outside the system schemas and the pgbouncer schema the tenant setup adds.
+ODOO_PROBE = (
+    "SELECT pg_catalog.to_regclass('public.ir_module_module') IS NOT NULL,"
+    " (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
+    "  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgbouncer') AND n.nspname NOT LIKE 'pg_toast%%')")
+
+
+def probe_odoo(connect_db, names):
+    """{name: (has_odoo, relations)} for each database in ``names`` (one short connection each)."""
+    found = {}
+    for name in names:
+        conn = connect_db(name)
+        try:
+            cur = conn.cursor()
+            cur.execute(ODOO_PROBE)
+            found[name] = tuple(cur.fetchone())
+        finally:
+            conn.close()
+    return found
+
+
 def setup_marker(tenant, group, auth_user):
     key = '|'.join([SETUP_VERSION, tenant['name'], group['app_role'], report_role(tenant['name']), auth_user or ''])
     digest = hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]
@@ -330,12 +353,13 @@ class Planner(object):
 
     def __init__(self, tenants, plans, groups, state, password_seed, actions=ACTIONS, only=None,
                  cluster=None, auth_user=None, maintenance_roles=(), restrict_maintenance=True,
-                 force=False):
+                 force=False, require_templates=False):
         self.tenants, self.plans, self.groups, self.state = tenants, plans, groups, state
         self.seed, self.actions, self.only = password_seed, set(actions), only
         self.cluster, self.auth_user, self.force = cluster, auth_user, force
         self.maintenance_roles, self.restrict_maintenance = list(maintenance_roles), restrict_maintenance
-        self.steps, self.errors, self.warnings = [], [], []
+        self.require_templates = require_templates
+        self.steps, self.errors, self.warnings, self.broken = [], [], [], []
         self.results, self.before, self.after = {}, {}, {}
 
     # -- helpers
@@ -417,6 +441,23 @@ class Planner(object):
             else:
                 self.warnings.append('role %r does not exist; it was not granted CONNECT on %s' % (role, dbname))
 
+    def in_scope(self):
+        """The tenants this run manages: of a local group, in ``only`` when it is given."""
+        local = self.local_groups().values()
+        return [t for t in self.tenants if self.groups[t['group']] in local
+                and (self.only is None or t['name'] in self.only)]
+
+    def odoo_candidates(self):
+        """Existing, connectable tenant databases whose Odoo initialisation must be checked."""
+        if not self.require_templates:
+            return []
+        names = []
+        for t in self.in_scope():
+            db = self.state['dbs'].get(t['name'])
+            if t['state'] != 'absent' and db is not None and db['allow_connections'] and not db['is_template']:
+                names.append(t['name'])
+        return names
+
     def _view(self, db):
         if db is None:
             return dict(exists=False)
@@ -462,16 +503,27 @@ class Planner(object):
                 self.after[name] = self.before[name]
                 self.results[name] = 'absent'
                 return
-            self._report_role(tenant, plan)
-            template = group['template_db'] if group['template_db'] in self.state['dbs'] else 'template0'
-            self._add(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {} ENCODING 'UTF8' CONNECTION LIMIT {}").format(
-                ident, sql.Identifier(group['app_role']), sql.Identifier(template),
-                sql.Literal(plan['connection_limit'])))
-            self._database_settings(tenant, plan, dict(settings={}, connect=set(['PUBLIC'])))
-            self._database_setup(tenant, group, None)
+            if not self._create(tenant, group, plan):
+                return
             action = 'created'
-            self.after[name] = dict(exists=True, owner=group['app_role'], connection_limit=plan['connection_limit'],
-                                    allow_connections=True, settings=self._want_settings(plan))
+        elif name in self.state.get('odoo', {}) and not self.state['odoo'][name][0]:
+            # The database exists but holds no Odoo: created before its group's template existed.
+            relations = self.state['odoo'][name][1]
+            if relations == 0 and 'create' in self.actions:
+                self._add(sql.SQL('DROP DATABASE {} WITH (FORCE)').format(ident))
+                if not self._create(tenant, group, plan):
+                    return
+                action = 'recloned'
+                self.warnings.append('tenant %r: its database was empty (no Odoo): cloned again from %r'
+                                     % (name, group['template_db']))
+            else:
+                self.broken.append(name)
+                self.warnings.append(
+                    'tenant %r: its database has no Odoo but holds %d relation(s), so it was left alone and is not '
+                    'routed: restore the restaurant from its dump (playbooks/tenants.yml --tags restore -e tenant=%s), '
+                    'or offboard it (state: absent, force: true) and onboard it again' % (name, relations, name))
+                self.after[name] = self.before[name]
+                action = 'broken'
         else:
             resuming = state == 'present' and not db['allow_connections'] and 'resume' in self.actions
             if resuming:
@@ -502,6 +554,30 @@ class Planner(object):
                 after['allow_connections'] = action == 'resumed'
             self.after[name] = after
         self.results[name] = action
+
+    def _create(self, tenant, group, plan):
+        """CREATE the tenant's database from its group's template; False (an error noted) when the
+        template is required and missing."""
+        name = tenant['name']
+        if group['template_db'] in self.state['dbs']:
+            template = group['template_db']
+        elif self.require_templates:
+            self.errors.append(
+                'tenant %r: group %r has no template database %r yet, and a database without it would be an '
+                'empty one Odoo cannot serve: build the templates first (playbooks/app_tier.yml), then onboard again'
+                % (name, tenant['group'], group['template_db']))
+            return False
+        else:
+            template = 'template0'
+        self._report_role(tenant, plan)
+        self._add(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {} ENCODING 'UTF8' CONNECTION LIMIT {}").format(
+            sql.Identifier(name), sql.Identifier(group['app_role']), sql.Identifier(template),
+            sql.Literal(plan['connection_limit'])))
+        self._database_settings(tenant, plan, dict(settings={}, connect=set(['PUBLIC'])))
+        self._database_setup(tenant, group, None)
+        self.after[name] = dict(exists=True, owner=group['app_role'], connection_limit=plan['connection_limit'],
+                                allow_connections=True, settings=self._want_settings(plan))
+        return True
 
     def _want_settings(self, plan):
         want = dict(plan['settings'])
@@ -603,12 +679,13 @@ def reconcile(cursor, connect_db, tenants, plans, groups, password_seed, check_m
             raise TenantError(['tenant %r is not in saas_tenants: add it to the list first' % n for n in missing])
     planner = Planner(tenants, plans, groups, None, password_seed, **kwargs)
     planner.state = read_state(cursor, planner.role_names())
+    planner.state['odoo'] = probe_odoo(connect_db, planner.odoo_candidates())
     steps = planner.plan()
     if check_mode:
         statements = [s.text(cursor) if s.db is None else '[%s] %s' % (s.db, s.text(cursor)) for s in steps]
     else:
         statements = execute(steps, cursor, connect_db)
-    changed_tenants = dict((n, a) for n, a in planner.results.items() if a not in ('unchanged', 'absent'))
+    changed_tenants = dict((n, a) for n, a in planner.results.items() if a not in ('unchanged', 'absent', 'broken'))
     return dict(
         changed=bool(steps),
         statements=statements,
@@ -618,6 +695,8 @@ def reconcile(cursor, connect_db, tenants, plans, groups, password_seed, check_m
         suspended=sorted(n for n, a in changed_tenants.items() if a == 'suspended'),
         resumed=sorted(n for n, a in changed_tenants.items() if a == 'resumed'),
         dropped=sorted(n for n, a in changed_tenants.items() if a == 'dropped'),
+        recloned=sorted(n for n, a in changed_tenants.items() if a == 'recloned'),
+        broken=sorted(planner.broken),
         warnings=planner.warnings,
         diff=dict(before=dict((k, v) for k, v in planner.before.items() if k in changed_tenants),
                   after=dict((k, v) for k, v in planner.after.items() if k in changed_tenants)),

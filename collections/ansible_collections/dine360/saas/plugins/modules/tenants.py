@@ -116,6 +116,17 @@ options:
     type: list
     elements: str
     default: []
+  require_templates:
+    description:
+      - Create a tenant database only as a clone of its group's template database (where the
+        groups' databases are Odoo's), and refuse, naming the tenant, while the template is
+        missing, instead of creating an empty database from C(template0).
+      - Also checks every existing tenant database in scope for Odoo's tables. An empty one
+        (created before its template existed) is dropped and cloned again from the template;
+        one holding other relations is left alone and returned in RV(broken).
+    type: bool
+    default: false
+    version_added: 0.5.0
 notes:
   - The login role must be a superuser (C(postgres) over the Unix socket on the primary).
   - The whole C(settings) of a tenant database is managed; parameters not in the plan are reset.
@@ -180,6 +191,16 @@ dropped:
   returned: always
   type: list
   elements: str
+recloned:
+  description: Tenants whose empty database (no Odoo) was dropped and cloned again from the template.
+  returned: always
+  type: list
+  elements: str
+broken:
+  description: Tenants whose database holds relations but no Odoo; left alone (not to be routed).
+  returned: always
+  type: list
+  elements: str
 errors:
   description: Every bad entry or refused change, when the module fails.
   returned: failure
@@ -219,6 +240,7 @@ def main():
         maintenance_roles=dict(type='list', elements='str', default=[]),
         restrict_maintenance_databases=dict(type='bool', default=True),
         reserved_names=dict(type='list', elements='str', default=[]),
+        require_templates=dict(type='bool', default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     ensure_required_libs(module)
@@ -239,7 +261,7 @@ def main():
             p['password_seed'], check_mode=module.check_mode, only=p['only'], actions=p['actions'],
             cluster=p['cluster'], auth_user=p['pgbouncer_auth_user'], maintenance_roles=p['maintenance_roles'],
             restrict_maintenance=p['restrict_maintenance_databases'], force=p['force'],
-            reserved_names=p['reserved_names'])
+            reserved_names=p['reserved_names'], require_templates=p['require_templates'])
     except TenantError as e:
         module.fail_json(msg='tenant list not applied, nothing was changed:\n- ' + '\n- '.join(e.errors),
                          errors=e.errors, changed=False)

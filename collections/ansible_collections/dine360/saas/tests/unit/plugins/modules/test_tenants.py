@@ -231,6 +231,62 @@ def test_group_template_database_is_used_when_present(pg):
     c.close()
 
 
+def _odoo_template(server, cur, name):
+    """A stand-in for an Odoo template: a database with Odoo's module table and one row."""
+    cur.execute('CREATE DATABASE "%s"' % name)
+    t = pgu.connect(server.params(), name)
+    t.cursor().execute('CREATE TABLE ir_module_module (id int, name text); '
+                       "INSERT INTO ir_module_module VALUES (1, 'base')")
+    t.close()
+
+
+def _has_odoo(server, name):
+    c = pgu.connect(server.params(), name)
+    try:
+        cc = c.cursor()
+        cc.execute("SELECT to_regclass('public.ir_module_module') IS NOT NULL")
+        return cc.fetchone()[0]
+    finally:
+        c.close()
+
+
+def test_required_template_missing_refuses_to_create(pg):
+    server, cur = pg
+    with pytest.raises(tu.TenantError) as err:
+        run(server, cur, [tenant('alpha'), tenant('charlie', group='vip')], require_templates=True)
+    msgs = err.value.errors
+    assert any("'alpha'" in e and "'core-template'" in e and 'playbooks/app_tier.yml' in e for e in msgs), msgs
+    assert any("'charlie'" in e and "'vip-tpl'" in e for e in msgs), msgs
+    assert 'alpha' not in databases(cur) and 'charlie' not in databases(cur)
+
+
+def test_empty_database_is_cloned_again_and_one_with_data_is_left_broken(pg):
+    server, cur = pg
+    # Databases made before their group's template existed: one empty, one holding a table.
+    res = run(server, cur, [tenant('alpha'), tenant('bravo')])
+    assert res['created'] == ['alpha', 'bravo']
+    b = pgu.connect(server.params(), 'bravo')
+    b.autocommit = True
+    b.cursor().execute('CREATE TABLE orders (id int); INSERT INTO orders VALUES (42)')
+    b.close()
+    _odoo_template(server, cur, 'core-template')
+    res = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True)
+    assert res['recloned'] == ['alpha'] and res['broken'] == ['bravo'], res
+    assert _has_odoo(server, 'alpha'), 'alpha was not cloned from the template'
+    assert not _has_odoo(server, 'bravo')
+    b = pgu.connect(server.params(), 'bravo')
+    bc = b.cursor()
+    bc.execute('SELECT id FROM orders')
+    assert bc.fetchall() == [(42,)], "bravo's data must be left as it was"
+    b.close()
+    assert any('bravo' in w and 'restore' in w for w in res['warnings']), res['warnings']
+    # The clone got the tenant setup again (reporting role can connect) and a re-run is quiet.
+    tcp_connect(server, 'alpha', tu.report_role('alpha'), report_pw('alpha')).close()
+    again = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True)
+    assert again['recloned'] == [] and again['broken'] == ['bravo']
+    assert [s for s in again['statements']] == [], again['statements']
+
+
 def test_check_mode_predicts_and_changes_nothing(pg):
     server, cur = pg
     before = databases(cur)
