@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs exactly this through .ci/run):
-#   scripts/test.sh            lint, sanity, unit tests, molecule (the HA scenario)
+#   scripts/test.sh            lint, sanity, unit tests, molecule (the whole platform, Odoo included)
 #   scripts/test.sh --quick    everything but molecule
-# It sets the machine up first (scripts/setup.sh is idempotent).
+# It sets the machine up first (scripts/setup.sh is idempotent). Odoo's source is ODOO_SOURCE,
+# or Odoo's 17.0 archive in ../shared/odoo (scripts/odoo-source.sh). The minutes each step
+# took are printed at the end and kept in .artifacts/test-steps.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${VENV:-$ROOT/.venv}
 COLL=$ROOT/collections/ansible_collections/dine360/saas
-step() { printf '\n\033[1;35m== %s\033[0m\n' "$*"; }
+STEPS=$ROOT/.artifacts/test-steps.md
+mkdir -p "$ROOT/.artifacts"
+printf '| Step | Seconds |\n|---|---:|\n' > "$STEPS"
+t0=$(date +%s)
+ts=$t0
+step_name=""
+step() {
+  local now; now=$(date +%s)
+  [ -z "$step_name" ] || printf '| %s | %d |\n' "$step_name" $(( now - ts )) >> "$STEPS"
+  step_name=$*; ts=$now
+  [ -z "$step_name" ] || printf '\n\033[1;35m== %s\033[0m\n' "$*"
+}
+trap 'step; printf "\nminutes so far (%s):\n" "$STEPS"; cat "$STEPS"' EXIT
+
+step "set-up (scripts/setup.sh)"
 "$ROOT/scripts/setup.sh"
 export PATH="$VENV/bin:$PATH"
-t0=$(date +%s)
 
 step "yamllint"
 yamllint -s .
@@ -37,11 +52,18 @@ step "unit tests"
 python -m pytest -q -p no:cacheprovider --ignore=tests/ha tests/ "$COLL/tests/unit"
 
 if [ "${1:-}" != "--quick" ]; then
-  # The Odoo the scenario deploys: ODOO_SOURCE, or the Odoo 17.0 archive in ../shared/odoo
-  # (unpacked once into .artifacts/odoo), recorded for the scenario's inventory.
+  # The Odoo the scenario deploys, recorded for the scenario's inventory.
   step "Odoo source for the scenario"
   scripts/odoo-source.sh molecule/default/group_vars/all/odoo_source.yml
-  step "molecule: the platform (converge site.yml, idempotence, faults, Odoo in a browser)"
-  molecule test -s default
+  # molecule test's sequence, one step at a time so that each is timed; a failed step
+  # still removes the containers.
+  for s in destroy syntax create prepare converge idempotence verify destroy; do
+    step "molecule $s"
+    molecule "$s" -s default || { rc=$?; [ "$s" = destroy ] || molecule destroy -s default || true; exit $rc; }
+  done
 fi
-step "all tests passed in $(( $(date +%s) - t0 )) s"
+step
+printf '| **total** | %d |\n' $(( $(date +%s) - t0 )) >> "$STEPS"
+trap - EXIT
+printf '\n\033[1;35m== all tests passed in %d s\033[0m\n' $(( $(date +%s) - t0 ))
+cat "$STEPS"

@@ -38,6 +38,9 @@ REPORT_SUFFIX = '_report'
 # Bump when the per-database setup changes: every tenant database is set up again once.
 SETUP_VERSION = '1'
 MARKER_PREFIX = 'dine360 tenant '
+# The comment of a tenant database found holding data but no Odoo: every later run, whatever
+# its scope, keeps the tenant off the routes until its database is repaired or restored.
+BROKEN_MARKER = MARKER_PREFIX + 'name=%s broken: holds data but no Odoo'
 
 # Where offboarding looks for a recorded final backup (written by the backup modules).
 BACKUP_CATALOG_DDL = (
@@ -426,6 +429,12 @@ class Planner(object):
             if self.only is not None and tenant['name'] not in self.only:
                 continue
             self._tenant(tenant, group)
+        # Found broken by an earlier run (of any scope) and not repaired since.
+        for tenant in self.tenants:
+            db = self.state['dbs'].get(tenant['name'])
+            if tenant['state'] != 'absent' and db is not None and db['comment'] == BROKEN_MARKER % tenant['name'] \
+                    and tenant['name'] not in self.broken and tenant['name'] not in self.state.get('odoo', {}):
+                self.broken.append(tenant['name'])
         if self.errors:
             raise TenantError(self.errors)
         return self.steps
@@ -518,6 +527,8 @@ class Planner(object):
                                      % (name, group['template_db']))
             else:
                 self.broken.append(name)
+                if db['comment'] != BROKEN_MARKER % name:
+                    self._add(sql.SQL('COMMENT ON DATABASE {} IS {}').format(ident, sql.Literal(BROKEN_MARKER % name)))
                 self.warnings.append(
                     'tenant %r: its database has no Odoo but holds %d relation(s), so it was left alone and is not '
                     'routed: restore the restaurant from its dump (playbooks/tenants.yml --tags restore -e tenant=%s), '

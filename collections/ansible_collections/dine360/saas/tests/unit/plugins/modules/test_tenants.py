@@ -285,6 +285,16 @@ def test_empty_database_is_cloned_again_and_one_with_data_is_left_broken(pg):
     again = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True)
     assert again['recloned'] == [] and again['broken'] == ['bravo']
     assert [s for s in again['statements']] == [], again['statements']
+    # A run limited to another tenant still reports bravo (it must stay off the routes).
+    scoped = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True, only=['alpha'])
+    assert scoped['broken'] == ['bravo'] and scoped['statements'] == [], scoped
+    # Once its database holds Odoo again, bravo is set up as a tenant and no longer broken.
+    b = pgu.connect(server.params(), 'bravo')
+    b.autocommit = True
+    b.cursor().execute('CREATE TABLE ir_module_module (id int, name text)')
+    b.close()
+    repaired = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True)
+    assert repaired['broken'] == [] and repaired['updated'] == ['bravo'], repaired
 
 
 def test_check_mode_predicts_and_changes_nothing(pg):
