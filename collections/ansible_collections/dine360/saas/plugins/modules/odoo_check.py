@@ -13,7 +13,7 @@ short_description: Prove that restaurants answer over HTTPS and that their admin
 version_added: 0.5.0
 description:
   - For each restaurant, connects to O(address) with the TLS server name C(<tenant>.<domain>) (so the
-    request takes the same path as a browser's: the web VIP, HAProxy's certificate and tenant map,
+    request takes the same path as a browser's, through the web VIP, HAProxy's certificate and tenant map
     Odoo behind it), checks that C(/web/login) answers 200 with Odoo's login form, then logs in as
     C(admin) with the restaurant's own password through C(/web/session/authenticate).
   - Retries each restaurant until O(timeout) (a new database's registry loads on its first request),

@@ -284,7 +284,7 @@ def test_empty_database_is_cloned_again_and_one_with_data_is_left_broken(pg):
     tcp_connect(server, 'alpha', tu.report_role('alpha'), report_pw('alpha')).close()
     again = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True)
     assert again['recloned'] == [] and again['broken'] == ['bravo']
-    assert [s for s in again['statements']] == [], again['statements']
+    assert again['statements'] == [], again['statements']
     # A run limited to another tenant still reports bravo (it must stay off the routes).
     scoped = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True, only=['alpha'])
     assert scoped['broken'] == ['bravo'] and scoped['statements'] == [], scoped
