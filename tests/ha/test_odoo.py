@@ -380,3 +380,36 @@ def test_o08_databases_without_odoo_are_found(app, topology, cluster, tls):
         rc, out, _ = _playbook(topology, "playbooks/tenants.yml", "--tags", "offboard", "-e",
                                f"tenant={empty},{holding}", extra={"saas_tenants": gone, "tenants_force_offboard": True})
         assert rc == 0, out[-3000:]
+
+
+def test_o09_every_database_has_its_own_uuid_and_secret(app, topology, cluster, onboarded):
+    """database.uuid and database.secret of every restaurant (suspended ones too) and of every
+    group template are all different: no clone kept its template's or a sibling's."""
+    primary = cluster.wait_primary(60)
+    existing = {r[0] for r in cluster.psql(primary, "SELECT datname FROM pg_database")}
+    restaurants = [t["name"] for t in onboarded if t.get("state", "present") != "absent" and t["name"] in existing]
+    templates = [r[0] for r in cluster.psql(primary, "SELECT datname FROM pg_database WHERE datistemplate "
+                                                     "AND datname NOT IN ('template0', 'template1')")]
+    assert templates, "no group template database"
+    closed = [r[0] for r in cluster.psql(primary, "SELECT datname FROM pg_database WHERE NOT datallowconn AND "
+                                                  "datname <> 'template0'")]
+    values = {}
+    try:
+        for name in closed:  # sealed templates and suspended restaurants refuse connections
+            cluster.psql(primary, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        for name in restaurants + templates:
+            rows = cluster.psql(primary, "SELECT key, value FROM ir_config_parameter WHERE key IN "
+                                         "('database.uuid', 'database.secret')", db=name)
+            values[name] = dict(rows)
+    finally:
+        for name in closed:
+            cluster.psql(primary, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    for what in ("database.uuid", "database.secret"):
+        seen = {}
+        for name, params in values.items():
+            assert params.get(what), f"{name} has no {what}"
+            seen.setdefault(params[what], []).append(name)
+        shared = [names for names in seen.values() if len(names) > 1]
+        assert not shared, f"{what} shared by {shared}"
+    print(f"\n{len(restaurants)} restaurant(s) and {len(templates)} template(s): every database.uuid and "
+          "database.secret is its own")
