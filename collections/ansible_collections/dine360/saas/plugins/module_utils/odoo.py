@@ -56,10 +56,13 @@ def company_name(tenant):
     return tenant.get('company') or ' '.join(p.capitalize() for p in tenant['name'].split('-'))
 
 
-def template_marker(release, modules, demo=False):
-    """What a template database was built from, stored as its database comment."""
-    return json.dumps(dict(kind='dine360-odoo-template', release=str(release),
-                           modules=sorted(set(modules)), demo=bool(demo)), sort_keys=True)
+def template_marker(release, modules, demo=False, recipe=''):
+    """What a template database was built from, stored as its database comment; ``recipe``
+    names how it was finished (chart of accounts, compiled assets), when the caller says."""
+    marker = dict(kind='dine360-odoo-template', release=str(release), modules=sorted(set(modules)), demo=bool(demo))
+    if recipe:
+        marker['recipe'] = str(recipe)
+    return json.dumps(marker, sort_keys=True)
 
 
 def new_identity():

@@ -63,6 +63,13 @@ options:
     description: Whether the template has demo data.
     type: bool
     default: false
+  recipe:
+    description:
+      - How the template is finished after the modules are installed (for example its chart of
+        accounts and compiled asset bundles), recorded in the marker: a different recipe rebuilds it.
+    type: str
+    default: ''
+    version_added: 0.5.0
   pgbouncer_auth_user:
     description:
       - PgBouncer's C(auth_query) role. It gets C(CONNECT) and the C(pgbouncer.get_auth) lookup function
@@ -150,13 +157,14 @@ def main():
         release=dict(type='str', default=''),
         modules=dict(type='list', elements='str', default=[]),
         demo=dict(type='bool', default=False),
+        recipe=dict(type='str', default=''),
         pgbouncer_auth_user=dict(type='str', default='pgbouncer_auth'),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     ensure_required_libs(module)
     p = module.params
     name, owner, state = p['name'], p['owner'], p['state']
-    marker = template_marker(p['release'], p['modules'], p['demo'])
+    marker = template_marker(p['release'], p['modules'], p['demo'], p['recipe'])
     if state != 'absent' and (not p['release'] or not p['modules']):
         module.fail_json(msg='odoo_template %s: release and modules are required for state=%s' % (name, state))
     queries = []

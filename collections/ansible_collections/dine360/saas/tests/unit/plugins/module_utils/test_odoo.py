@@ -50,6 +50,8 @@ def test_template_marker_is_order_independent_and_names_what_matters():
     assert json.loads(a)['modules'] == ['base', 'pos_restaurant', 'web']
     assert ou.template_marker('other', ['base']) != ou.template_marker('g5a953f3dd600', ['base'])
     assert ou.template_marker('r', ['base'], demo=True) != ou.template_marker('r', ['base'])
+    assert ou.template_marker('r', ['base'], recipe='chart=generic_coa') != ou.template_marker('r', ['base'])
+    assert ou.template_marker('r', ['base'], recipe='') == ou.template_marker('r', ['base'])
 
 
 def test_new_identity_is_fresh_each_time():
