@@ -463,6 +463,8 @@ class Planner(object):
         names = []
         for t in self.in_scope():
             db = self.state['dbs'].get(t['name'])
+            if not self.groups[t['group']].get('release'):
+                continue  # a group without a release runs no Odoo
             if t['state'] != 'absent' and db is not None and db['allow_connections'] and not db['is_template']:
                 names.append(t['name'])
         return names
@@ -572,7 +574,7 @@ class Planner(object):
         name = tenant['name']
         if group['template_db'] in self.state['dbs']:
             template = group['template_db']
-        elif self.require_templates:
+        elif self.require_templates and group.get('release'):
             self.errors.append(
                 'tenant %r: group %r has no template database %r yet, and a database without it would be an '
                 'empty one Odoo cannot serve: build the templates first (playbooks/app_tier.yml), then onboard again'

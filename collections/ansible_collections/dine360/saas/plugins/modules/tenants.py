@@ -118,10 +118,10 @@ options:
     default: []
   require_templates:
     description:
-      - Create a tenant database only as a clone of its group's template database (where the
-        groups' databases are Odoo's), and refuse, naming the tenant, while the template is
-        missing, instead of creating an empty database from C(template0).
-      - Also checks every existing tenant database in scope for Odoo's tables. An empty one
+      - For the groups that run Odoo (those with a C(release)), create a tenant database only as
+        a clone of its group's template database, and refuse, naming the tenant, while the
+        template is missing, instead of creating an empty database from C(template0).
+      - Also checks every existing tenant database of those groups in scope for Odoo's tables. An empty one
         (created before its template existed) is dropped and cloned again from the template;
         one holding other relations is left alone and returned in RV(broken).
     type: bool

@@ -59,9 +59,9 @@ def pg(pg_server):
     conn.close()
 
 
-def run(server, cur, tenants, check_mode=False, **kw):
+def run(server, cur, tenants, check_mode=False, groups=None, **kw):
     kw.setdefault('auth_user', 'pgb_auth')
-    return tu.reconcile(cur, lambda db: pgu.connect(server.params(), db), tenants, PLANS, GROUPS, SEED,
+    return tu.reconcile(cur, lambda db: pgu.connect(server.params(), db), tenants, PLANS, groups or GROUPS, SEED,
                         check_mode=check_mode, **kw)
 
 
@@ -250,14 +250,21 @@ def _has_odoo(server, name):
         c.close()
 
 
+ODOO_GROUPS = dict((g, dict(v, release='17.0')) for g, v in GROUPS.items())
+
+
 def test_required_template_missing_refuses_to_create(pg):
     server, cur = pg
     with pytest.raises(tu.TenantError) as err:
-        run(server, cur, [tenant('alpha'), tenant('charlie', group='vip')], require_templates=True)
+        run(server, cur, [tenant('alpha'), tenant('charlie', group='vip')], require_templates=True, groups=ODOO_GROUPS)
     msgs = err.value.errors
     assert any("'alpha'" in e and "'core-template'" in e and 'playbooks/app_tier.yml' in e for e in msgs), msgs
     assert any("'charlie'" in e and "'vip-tpl'" in e for e in msgs), msgs
     assert 'alpha' not in databases(cur) and 'charlie' not in databases(cur)
+    # A group without a release runs no Odoo: its databases need no template.
+    res = run(server, cur, [tenant('alpha'), tenant('charlie', group='vip')], require_templates=True,
+              groups=dict(ODOO_GROUPS, vip=GROUPS['vip']), only=['charlie'])
+    assert res['created'] == ['charlie'], res
 
 
 def test_empty_database_is_cloned_again_and_one_with_data_is_left_broken(pg):
@@ -270,7 +277,7 @@ def test_empty_database_is_cloned_again_and_one_with_data_is_left_broken(pg):
     b.cursor().execute('CREATE TABLE orders (id int); INSERT INTO orders VALUES (42)')
     b.close()
     _odoo_template(server, cur, 'core-template')
-    res = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True)
+    res = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True, groups=ODOO_GROUPS)
     assert res['recloned'] == ['alpha'] and res['broken'] == ['bravo'], res
     assert _has_odoo(server, 'alpha'), 'alpha was not cloned from the template'
     assert not _has_odoo(server, 'bravo')
@@ -282,18 +289,19 @@ def test_empty_database_is_cloned_again_and_one_with_data_is_left_broken(pg):
     assert any('bravo' in w and 'restore' in w for w in res['warnings']), res['warnings']
     # The clone got the tenant setup again (reporting role can connect) and a re-run is quiet.
     tcp_connect(server, 'alpha', tu.report_role('alpha'), report_pw('alpha')).close()
-    again = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True)
+    again = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True, groups=ODOO_GROUPS)
     assert again['recloned'] == [] and again['broken'] == ['bravo']
     assert again['statements'] == [], again['statements']
     # A run limited to another tenant still reports bravo (it must stay off the routes).
-    scoped = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True, only=['alpha'])
+    scoped = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True, groups=ODOO_GROUPS,
+                 only=['alpha'])
     assert scoped['broken'] == ['bravo'] and scoped['statements'] == [], scoped
     # Once its database holds Odoo again, bravo is set up as a tenant and no longer broken.
     b = pgu.connect(server.params(), 'bravo')
     b.autocommit = True
     b.cursor().execute('CREATE TABLE ir_module_module (id int, name text)')
     b.close()
-    repaired = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True)
+    repaired = run(server, cur, [tenant('alpha'), tenant('bravo')], require_templates=True, groups=ODOO_GROUPS)
     assert repaired['broken'] == [] and repaired['updated'] == ['bravo'], repaired
 
 
