@@ -66,7 +66,7 @@ options:
   recipe:
     description:
       - How the template is finished after the modules are installed (for example its chart of
-        accounts and compiled asset bundles), recorded in the marker: a different recipe rebuilds it.
+        accounts and compiled asset bundles), recorded in the marker; a different recipe rebuilds it.
     type: str
     default: ''
     version_added: 0.5.0
