@@ -422,13 +422,8 @@ class Planner(object):
                 allowed.add(self.auth_user)
             for dbname in MAINTENANCE_DATABASES:
                 self._connect_acl(dbname, allowed, pending_roles=allowed)
-        for tenant in self.tenants:
-            group = self.groups[tenant['group']]
-            if group not in local.values():
-                continue
-            if self.only is not None and tenant['name'] not in self.only:
-                continue
-            self._tenant(tenant, group)
+        for tenant in self.in_scope():
+            self._tenant(tenant, self.groups[tenant['group']])
         # Found broken by an earlier run (of any scope) and not repaired since.
         for tenant in self.tenants:
             db = self.state['dbs'].get(tenant['name'])
