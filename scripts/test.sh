@@ -49,7 +49,8 @@ cp tools/get_pip_offline.py ~/.ansible/test/cache/"get_pip_${pipver//./_}.py"
 (cd "$COLL" && ansible-test sanity --python 3.11 --venv --color no)
 
 step "unit tests"
-python -m pytest -q -p no:cacheprovider --ignore=tests/ha tests/ "$COLL/tests/unit"
+# Three workers: most of the time is ansible-playbook runs and their waits (525 s serial, 354 s here).
+python -m pytest -q -p no:cacheprovider -n 3 --ignore=tests/ha tests/ "$COLL/tests/unit"
 
 if [ "${1:-}" != "--quick" ]; then
   # The Odoo the scenario deploys, recorded for the scenario's inventory.

@@ -128,15 +128,22 @@ def test_t01_onboard_by_tag(cluster, tenants, state):
         cur.execute("CREATE TABLE IF NOT EXISTS qa_order (id serial PRIMARY KEY, total numeric)")
         cur.execute("INSERT INTO qa_order (total) VALUES (10), (20), (30)")
     pid_before = [p for p in _pgbouncer_pids(cluster)]
+    state_before = _tier_state(cluster)
 
     rc, out, secs = tenants.run(tags="onboard")
     assert rc == 0, out[-4000:]
     dbs = databases(cluster)
     assert {A, B, C} <= set(dbs), dbs
     print(f"onboarded {B} and {C} with --tags onboard (whole list) in {secs:.1f}s")
-    with keep.cursor() as cur:
-        cur.execute("SELECT count(*) FROM qa_order")
-        assert cur.fetchone()[0] == 3, "a client connection did not survive PgBouncer's reload"
+    try:
+        with keep.cursor() as cur:
+            cur.execute("SELECT count(*) FROM qa_order")
+            assert cur.fetchone()[0] == 3
+    except psycopg2.OperationalError as exc:
+        # Say what dropped it: a failover (new timeline), a restarted PgBouncer or HAProxy.
+        pytest.fail(f"a client connection of {A} did not survive the onboard run ({exc}); "
+                    f"tier before the run {state_before}, after {_tier_state(cluster)}; "
+                    f"the run's end:\n{out[-2500:]}")
     keep.close()
     assert _pgbouncer_pids(cluster) == pid_before, "PgBouncer was restarted, not reloaded"
 
@@ -147,6 +154,16 @@ def test_t01_onboard_by_tag(cluster, tenants, state):
 
     rc, out, _ = tenants.run(tags="onboard")
     assert rc == 0 and recap_changed(out) == 0, "second onboard run changed something:\n" + out[-4000:]
+
+
+def _tier_state(cluster) -> dict:
+    primary = cluster.find_primary()
+    _, info = cluster.patroni_http(primary, "/patroni") if primary else (None, None)
+    return {"primary": primary.name if primary else None,
+            "timeline": info.get("timeline") if isinstance(info, dict) else None,
+            "pgbouncer": _pgbouncer_pids(cluster),
+            "haproxy": [cluster.dexec(n, ["systemctl", "show", "-p", "MainPID", "--value", "haproxy"]).stdout.strip()
+                        for n in cluster.topo.nodes]}
 
 
 def _pgbouncer_pids(cluster) -> list[str]:
