@@ -127,7 +127,6 @@ def test_t01_onboard_by_tag(cluster, tenants, state):
     with keep.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS qa_order (id serial PRIMARY KEY, total numeric)")
         cur.execute("INSERT INTO qa_order (total) VALUES (10), (20), (30)")
-    pid_before = [p for p in _pgbouncer_pids(cluster)]
     state_before = _tier_state(cluster)
 
     rc, out, secs = tenants.run(tags="onboard")
@@ -138,14 +137,14 @@ def test_t01_onboard_by_tag(cluster, tenants, state):
     try:
         with keep.cursor() as cur:
             cur.execute("SELECT count(*) FROM qa_order")
-            assert cur.fetchone()[0] == 3
+            assert cur.fetchone()[0] == 3, "a client connection did not survive PgBouncer's reload"
     except psycopg2.OperationalError as exc:
         # Say what dropped it: a failover (new timeline), a restarted PgBouncer or HAProxy.
         pytest.fail(f"a client connection of {A} did not survive the onboard run ({exc}); "
                     f"tier before the run {state_before}, after {_tier_state(cluster)}; "
                     f"the run's end:\n{out[-2500:]}")
     keep.close()
-    assert _pgbouncer_pids(cluster) == pid_before, "PgBouncer was restarted, not reloaded"
+    assert _main_pids(cluster, "pgbouncer") == state_before["pgbouncer"], "PgBouncer was restarted, not reloaded"
 
     # The premium tenant has its own pool size on every node (the others use the wildcard).
     for node in cluster.topo.nodes:
@@ -161,13 +160,11 @@ def _tier_state(cluster) -> dict:
     _, info = cluster.patroni_http(primary, "/patroni") if primary else (None, None)
     return {"primary": primary.name if primary else None,
             "timeline": info.get("timeline") if isinstance(info, dict) else None,
-            "pgbouncer": _pgbouncer_pids(cluster),
-            "haproxy": [cluster.dexec(n, ["systemctl", "show", "-p", "MainPID", "--value", "haproxy"]).stdout.strip()
-                        for n in cluster.topo.nodes]}
+            "pgbouncer": _main_pids(cluster, "pgbouncer"), "haproxy": _main_pids(cluster, "haproxy")}
 
 
-def _pgbouncer_pids(cluster) -> list[str]:
-    return [cluster.dexec(n, ["systemctl", "show", "-p", "MainPID", "--value", "pgbouncer"]).stdout.strip()
+def _main_pids(cluster, unit: str) -> list[str]:
+    return [cluster.dexec(n, ["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
             for n in cluster.topo.nodes]
 
 
