@@ -106,10 +106,17 @@ def test_valid_tenant_list_passes_preflight(tmp_path):
         {'name': 'pizza-roma', 'plan': 'starter', 'group': 'core'},
         {'name': 'new-one', 'plan': 'gold', 'group': 'core'},
         {'name': 'other-one', 'plan': 'starter', 'group': 'nowhere'},
+        {'name': 'pizza-', 'plan': 'starter', 'group': 'core'},
+        {'name': 'xn--pizza', 'plan': 'starter', 'group': 'core'},
+        {'name': 'www', 'plan': 'starter', 'group': 'core'},
+        {'name': 'pgbouncer', 'plan': 'starter', 'group': 'core'},
      ], ["saas_tenants[1] 'Pizza'", "saas_tenants[2] '1pizza'", "saas_tenants[3] '%s'" % ('p' * 42),
-         'drop database x', "saas_tenants[5] 'postgres'", "'core-template' is a reserved name",
+         'drop database x', "saas_tenants[5] 'postgres'", "'core-template': a reserved name",
          'saas_tenants[7] \'pizza-roma\': duplicate of saas_tenants[0]', "unknown plan 'gold'",
-         "unknown group 'nowhere'"]),
+         "unknown group 'nowhere'", "saas_tenants[10] 'pizza-': a DNS label does not end with a hyphen",
+         "saas_tenants[11] 'xn--pizza': hyphens in the third and fourth places",
+         "saas_tenants[12] 'www': a reserved name: one of the platform's own host names",
+         "saas_tenants[13] 'pgbouncer': a reserved name: PgBouncer's admin console database"]),
 ])
 def test_bad_tenant_list_stops_before_any_change(tmp_path, case, tenants, expect):
     rc, out, changed = run(tmp_path, overrides={'saas_tenants': tenants}, playbook='playbooks/tenants.yml')

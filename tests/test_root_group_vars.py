@@ -198,3 +198,16 @@ def test_playbook_and_inventory_group_vars_override_org_vars(org_and_inventory, 
     proc = _run(["ansible-playbook", "-i", inv, play_dir / "check.yml"], cwd=tmp_path, **{
         ORG_ENV: str(org), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")})
     assert "failed=0" in proc.stdout
+
+
+def test_host_keys_are_checked_for_every_ssh_inventory():
+    """ansible.cfg leaves host key checking on (the lab reaches its containers without SSH)."""
+    proc = _run(["ansible-config", "dump", "--only-changed", "--format", "json"])
+    assert proc.returncode == 0, proc.stderr
+    changed = {e["name"]: e.get("value") for e in json.loads(proc.stdout) if isinstance(e, dict) and "name" in e}
+    assert "HOST_KEY_CHECKING" not in changed, "ansible.cfg turns host key checking off for every inventory"
+    proc = _run(["ansible-inventory", "-i", "inventories/lab", "--list"])
+    assert proc.returncode == 0, proc.stderr
+    hostvars = json.loads(proc.stdout)["_meta"]["hostvars"]
+    assert hostvars and all(v.get("ansible_connection") == "docker" for v in hostvars.values()), (
+        "a lab host reached over SSH would need its host key")

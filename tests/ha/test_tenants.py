@@ -239,7 +239,7 @@ def test_t04_bad_list_changes_nothing(cluster, tenants):
     good_new = {"name": "qa-good-new", "plan": "starter", "group": "core", "state": "present"}
     rc, out, _ = tenants.run(entries=tenants.extra + [good_new] + BAD_ENTRIES)
     assert rc != 0, out[-3000:]
-    for frag in ["'Upper'", "'9lives'", "'" + "x" * 42 + "'", "drop database x", "'template1' is a reserved name",
+    for frag in ["'Upper'", "'9lives'", "'" + "x" * 42 + "'", "drop database x", "'template1': a reserved name",
                  "unknown plan 'platinum'", "duplicate of saas_tenants"]:
         assert frag in out, f"{frag!r} not named in the error:\n{out[-4000:]}"
     assert recap_changed(out) == 0, out[-3000:]

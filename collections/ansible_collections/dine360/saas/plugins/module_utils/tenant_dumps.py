@@ -52,8 +52,7 @@ from ansible_collections.dine360.saas.plugins.module_utils.backup_store import (
 )
 from ansible_collections.dine360.saas.plugins.module_utils.tenants import (
     BACKUP_CATALOG_DDL,
-    NAME_RE,
-    RESERVED_NAMES,
+    name_problem,
 )
 
 try:
@@ -117,10 +116,9 @@ def location(target, key):
 
 
 def check_name(name, what='tenant'):
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise DumpError('%s name %r is not a tenant name (a DNS label matching %s)' % (what, name, NAME_RE.pattern))
-    if name in RESERVED_NAMES:
-        raise DumpError('%s name %r is reserved' % (what, name))
+    problem = name_problem(name)
+    if problem:
+        raise DumpError('%s name %r is not a tenant name: %s' % (what, name, problem))
     return name
 
 

@@ -26,11 +26,32 @@ try:
 except ImportError:  # reported by the module through ensure_required_libs
     sql = None
 
-NAME_RE = re.compile(r'^[a-z][a-z0-9-]{1,40}$')
+# A tenant's name is its subdomain and its database name: a DNS label (RFC 1123) that starts with
+# a letter, 2 to 41 characters, no hyphen at either end (name_problem adds the IDNA rule).
+NAME_RE = re.compile(r'^[a-z][a-z0-9-]{0,39}[a-z0-9]$')
 ROLE_RE = re.compile(r'^[a-z_][a-z0-9_]{0,62}$')
 GUC_RE = re.compile(r'^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$')
 DURATION_RE = re.compile(r'^[0-9]+ ?(us|ms|s|min|h|d)?$')
-RESERVED_NAMES = frozenset(['postgres', 'template0', 'template1', 'admin'])
+# Names a component of the tier gives a meaning to: never a tenant, whatever the inventory says.
+COMPONENT_NAMES = {
+    'postgres': "PostgreSQL's maintenance database",
+    'template0': "PostgreSQL's pristine template database",
+    'template1': "PostgreSQL's default template database",
+    'pgbouncer': "PgBouncer's admin console database",
+    'admin': "the platform's administration name",
+    'dine360': "the platform's own catalog name",
+}
+RESERVED_NAMES = frozenset(COMPONENT_NAMES)
+# Host names under the wildcard domain that an operator keeps for the platform itself (web, API,
+# mail, status, monitoring): the default of tenants_reserved_names, which an operator may change.
+DEFAULT_RESERVED_HOST_NAMES = (
+    'www', 'web', 'api', 'app', 'apps', 'auth', 'login', 'sso', 'account', 'accounts',
+    'mail', 'email', 'smtp', 'imap', 'pop', 'pop3', 'webmail', 'mx', 'autoconfig', 'autodiscover',
+    'ns', 'ns1', 'ns2', 'dns', 'status', 'static', 'assets', 'cdn', 'media', 'docs', 'help',
+    'support', 'blog', 'billing', 'portal', 'dashboard', 'monitoring', 'metrics', 'grafana',
+    'prometheus', 'alertmanager', 'haproxy', 'stats', 'vpn', 'ftp', 'localhost',
+)
+TEMPLATE_SUFFIX = '-template'
 STATES = ('present', 'suspended', 'absent')
 ACTIONS = ('create', 'update', 'suspend', 'resume', 'drop')
 MAINTENANCE_DATABASES = ('postgres', 'template1')
@@ -124,6 +145,32 @@ def report_role(tenant):
     return tenant + REPORT_SUFFIX
 
 
+def name_problem(name, reserved=(), templates=()):
+    """The rule ``name`` breaks as a tenant name, or None when it can be one."""
+    if not isinstance(name, str) or not name:
+        return 'a name is required (a DNS label: lower-case letters, digits and hyphens)'
+    if not re.match(r'^[a-z0-9-]*$', name):
+        return ('a name holds only lower-case letters, digits and hyphens (a DNS label, RFC 1123; '
+                'no capitals, underscores, quotes, spaces or semicolons)')
+    if len(name) < 2 or len(name) > 41:
+        return 'a name has 2 to 41 characters (this one has %d)' % len(name)
+    if not name[0].isalpha():
+        return 'a name starts with a letter (it is also a database name)'
+    if name.endswith('-'):
+        return 'a DNS label does not end with a hyphen (RFC 1123)'
+    if name[2:4] == '--':
+        return ("hyphens in the third and fourth places are kept for encoded labels (IDNA's xn--): "
+                "DNS providers and certificate authorities refuse such a name")
+    if name in COMPONENT_NAMES:
+        return 'a reserved name: %s' % COMPONENT_NAMES[name]
+    if name in templates or name.endswith(TEMPLATE_SUFFIX):
+        return "a reserved name: names ending in %r are the groups' template databases" % TEMPLATE_SUFFIX
+    if name in reserved:
+        return ("a reserved name: one of the platform's own host names under the domain "
+                "(tenants_reserved_names)")
+    return None
+
+
 def _label(index, entry):
     name = entry.get('name') if isinstance(entry, dict) else None
     return 'saas_tenants[%d] %r' % (index, name) if name is not None else 'saas_tenants[%d]' % index
@@ -207,8 +254,8 @@ def validate(tenants, plans, groups, reserved=()):
     plans, errors = normalize_plans(plans)
     groups, gerrors = normalize_groups(groups)
     errors.extend(gerrors)
-    reserved = set(RESERVED_NAMES) | set(reserved or ())
-    reserved |= set(g['template_db'] for g in groups.values())
+    reserved = set(reserved or ())
+    templates = set(g['template_db'] for g in groups.values())
     if not isinstance(tenants, list):
         raise TenantError(errors + ['saas_tenants must be a list of {name, plan, group, state}'])
     seen, out = {}, []
@@ -221,11 +268,9 @@ def validate(tenants, plans, groups, reserved=()):
         if unknown:
             errors.append('%s: unknown keys %s' % (label, ', '.join(unknown)))
         name = entry.get('name')
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            errors.append('%s: the name must be a DNS label matching %s (lower case, starting with a '
-                          'letter, 2 to 41 characters; no quotes, spaces or semicolons)' % (label, NAME_RE.pattern))
-        elif name in reserved:
-            errors.append('%s: %r is a reserved name (%s)' % (label, name, ', '.join(sorted(reserved))))
+        problem = name_problem(name, reserved, templates)
+        if problem:
+            errors.append('%s: %s' % (label, problem))
         elif name in seen:
             errors.append('%s: duplicate of saas_tenants[%d]' % (label, seen[name]))
         else:

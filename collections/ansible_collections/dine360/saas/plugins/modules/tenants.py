@@ -42,7 +42,7 @@ options:
   tenants:
     description:
       - The whole tenant list (C(saas_tenants)). Each entry has C(name) (a DNS label matching
-        C(^[a-z][a-z0-9-]{1,40}$)), C(plan), C(group), C(state) (C(present), C(suspended) or
+        C(^[a-z][a-z0-9-]{0,39}[a-z0-9]$), with no hyphens in the third and fourth places), C(plan), C(group), C(state) (C(present), C(suspended) or
         C(absent); default C(present)), and optionally C(force) (drop without a final backup).
     type: list
     elements: raw
@@ -111,8 +111,9 @@ options:
     default: true
   reserved_names:
     description:
-      - Names refused in addition to C(postgres), C(template0), C(template1), C(admin) and
-        the group template database names.
+      - The platform's own host names under the domain, refused as tenant names (the role passes
+        C(tenants_reserved_names)). Always refused besides these - C(postgres), C(template0),
+        C(template1), C(pgbouncer), C(admin), C(dine360) and names ending in C(-template).
     type: list
     elements: str
     default: []

@@ -6,11 +6,15 @@
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import os
+
 import pytest
+import yaml
 
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.dine360.saas.plugins.filter import tenants as f
+from ansible_collections.dine360.saas.plugins.module_utils import tenants as _t
 
 PLANS = {
     'starter': dict(connection_limit=20, pool_size=5, statement_timeout='60s', storage_quota_mb=1,
@@ -42,6 +46,33 @@ def test_list_errors_match_the_module():
     errors = f.tenant_list_errors([dict(name='Bad', plan='starter', group='core'),
                                    dict(name='www', plan='starter', group='core')], PLANS, GROUPS, ['www'])
     assert len(errors) == 2 and "'Bad'" in errors[0] and 'reserved' in errors[1]
+
+
+@pytest.mark.parametrize('name, rule', [
+    ('pizza-roma', None), ('ab', None), ('a' * 41, None), ('abc--d', None), ('a1-b2', None),
+    ('a', '2 to 41 characters'), ('a' * 42, '2 to 41 characters'), ('', 'a name is required'),
+    ('Pizza', 'lower-case letters'), ('pizza_roma', 'lower-case letters'), ('pizza roma', 'lower-case letters'),
+    ('1pizza', 'starts with a letter'), ('-pizza', 'starts with a letter'), ('pizza-', 'end with a hyphen'),
+    ('xn--pizza', "IDNA's xn--"), ('ab--c', "IDNA's xn--"),
+    ('postgres', "PostgreSQL's maintenance database"), ('template0', 'pristine template'),
+    ('template1', 'default template'), ('pgbouncer', "PgBouncer's admin console"), ('admin', 'administration'),
+    ('dine360', 'catalog'), ('core-template', "groups' template databases"), ('new-template', "groups' template"),
+    ('www', "platform's own host names"), ('status', "platform's own host names"), ('mail', "host names"),
+])
+def test_tenant_name_rules(name, rule):
+    """A tenant name is a DNS label, not a name the tier or the platform's own hosts use; each refusal names its rule."""
+    problem = _t.name_problem(name, _t.DEFAULT_RESERVED_HOST_NAMES)
+    if rule is None:
+        assert problem is None
+    else:
+        assert problem is not None and rule in problem, problem
+
+
+def test_reserved_host_names_are_the_roles_default():
+    """The module's list and the role's default tenants_reserved_names are the same list."""
+    defaults = os.path.join(os.path.dirname(__file__), '..', '..', '..', '..', 'roles', 'tenants', 'defaults', 'main.yml')
+    with open(defaults) as fh:
+        assert tuple(yaml.safe_load(fh)['tenants_reserved_names']) == _t.DEFAULT_RESERVED_HOST_NAMES
 
 
 def test_passwords():
