@@ -533,6 +533,10 @@ class Planner(object):
             self.errors.append('tenant %r: the database %r is a template; refusing to manage it' % (name, name))
             return
         if state == 'absent':
+            if db is not None and 'drop' not in self.actions:
+                self.warnings.append(
+                    'tenant %r is absent in the list but its database is kept: offboarding runs only when asked '
+                    'for by name (playbooks/tenants.yml --tags offboard -e tenant=%s)' % (name, name))
             if db is not None and 'drop' in self.actions:
                 if not (self.force or tenant['force'] or db['oid'] in self.state['final_backups']):
                     self.errors.append(
