@@ -3,7 +3,8 @@
 k01: ``site.yml --check --diff`` on the converged platform finishes without a failure and
      reports ``changed=0`` on every host (read-only tasks run in check mode, waits for changes
      that were not made are skipped).
-k02: with one setting changed (``-e pgbouncer_server_idle_timeout=...``), the same preview
+k02: with one setting changed (``-e pgbouncer_server_idle_timeout=...``), a preview
+     (``db_cluster.yml --check --diff --tags pgbouncer_config``, the DB tier's part of site.yml)
      shows that change in its diff, on every PostgreSQL node, and changes nothing.
 """
 
@@ -41,7 +42,7 @@ def test_k02_a_changed_setting_shows_in_the_diff_and_changes_nothing(topology, c
     current = re.search(r"^server_idle_timeout\s*=\s*(\d+)", next(iter(before.values())), re.M)
     assert current, "server_idle_timeout not in pgbouncer.ini"
     wanted = int(current[1]) + 17
-    proc = playbook(topology, "site.yml", "--check", "--diff", "--tags", "pgbouncer_config",
+    proc = playbook(topology, "db_cluster.yml", "--check", "--diff", "--tags", "pgbouncer_config",
                     "-e", f"pgbouncer_server_idle_timeout={wanted}", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]

@@ -248,14 +248,18 @@ def test_t04_bad_list_changes_nothing(cluster, tenants):
 
 def test_t05_suspend_and_resume(cluster, tenants):
     topo = cluster.topo
-    session = connect(cluster, topo.write_port, B, tenants.app_role["core"], tenants.app_password("core"))
+    # An open session (asynchronous, so the client can give up): through PgBouncer its next query
+    # either errors or waits for a server connection that the suspended database refuses
+    # (query_wait_timeout, 120 s by default); 15 s without rows is proof enough.
+    session = halib.connect_with_deadline(
+        cluster.dsn(topo.write_port, B, tenants.app_role["core"], tenants.app_password("core")), 10)
+    assert halib.query_with_deadline(session, "SELECT count(*) FROM menu_item", timeout=10)[0][0] >= 1
     tenants.entry(B)["state"] = "suspended"
     rc, out, secs = tenants.run(tags="suspend", tenant=B)
     assert rc == 0, out[-4000:]
     print(f"\nsuspended {B} in {secs:.1f}s")
-    with pytest.raises(psycopg2.Error):
-        with session.cursor() as cur:
-            cur.execute("SELECT count(*) FROM menu_item")
+    with pytest.raises((psycopg2.Error, TimeoutError)):
+        halib.query_with_deadline(session, "SELECT count(*) FROM menu_item", timeout=15)
     session.close()
     # PostgreSQL refuses the database outright; through PgBouncer (1.18) a client of a
     # suspended tenant gets no session either: its password lookup runs in the refused
