@@ -42,8 +42,9 @@ options:
   tenants:
     description:
       - The whole tenant list (C(saas_tenants)). Each entry has C(name) (a DNS label matching
-        C(^[a-z][a-z0-9-]{0,39}[a-z0-9]$), with no hyphens in the third and fourth places), C(plan), C(group), C(state) (C(present), C(suspended) or
-        C(absent); default C(present)), and optionally C(force) (drop without a final backup).
+        C(^[a-z][a-z0-9-]{0,39}[a-z0-9]$), with no hyphens in the third and fourth places),
+        C(plan), C(group), C(state) (C(present), C(suspended) or C(absent); default
+        C(present)), and optionally C(force) (drop without a final backup).
     type: list
     elements: raw
     required: true
