@@ -8,7 +8,7 @@
 #
 #   scripts/lab.sh up      set up the machine if needed, create the containers,
 #                          run playbooks/site.yml, print how to connect
-#   scripts/lab.sh info    print how to connect
+#   scripts/lab.sh info    print how to connect (and refresh .artifacts/lab-topology.json)
 #   scripts/lab.sh down    remove the containers, the network and the backup volume (keeps secrets)
 #   scripts/lab.sh purge   down, and forget the lab's secrets and certificates
 set -euo pipefail
@@ -32,6 +32,13 @@ log() { printf '\033[1;32m[lab]\033[0m %s\n' "$*"; }
 RUN_OPTS=(--cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined
           --security-opt apparmor=unconfined --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw
           --tmpfs /run --tmpfs /run/lock --tmpfs /tmp --stop-signal SIGRTMIN+3)
+
+# The topology JSON the tests and benchmarks read (tools/topology.yml), from the inventory as it
+# is now: after editing the tenant list, `info` brings it up to date.
+topology() {
+  mkdir -p .artifacts
+  "$VENV/bin/ansible-playbook" -i inventories/lab tools/topology.yml -e topology_path="$ROOT/.artifacts/lab-topology.json" >/dev/null
+}
 
 create() {
   docker network inspect "$NET" >/dev/null 2>&1 || {
@@ -98,12 +105,11 @@ case "${1:-up}" in
     start=$(date +%s)
     "$VENV/bin/ansible-playbook" -i inventories/lab playbooks/site.yml "${@:2}"
     log "site.yml took $(( $(date +%s) - start )) s"
-    mkdir -p .artifacts
-    "$VENV/bin/ansible-playbook" -i inventories/lab tools/topology.yml -e topology_path="$ROOT/.artifacts/lab-topology.json" >/dev/null
+    topology
     # The test ACME CA (Pebble's), for curl and browsers on this machine.
     docker exec dine360-lab-app1 cat /usr/local/share/dine360/acme-test-ca.pem > "$ACME_CA"
     info ;;
-  info) info ;;
+  info) topology; info ;;
   down)
     for node in "${NODES[@]}"; do docker rm -f "dine360-lab-${node%%:*}" >/dev/null 2>&1 || true; done
     docker network rm "$NET" >/dev/null 2>&1 || true
