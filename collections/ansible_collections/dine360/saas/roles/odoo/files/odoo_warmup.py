@@ -45,7 +45,7 @@ def main(argv):
             if left <= 1:
                 skipped.append(host)
                 continue
-            futures = [pool.submit(get, address, port, host, left) for _ in range(workers)]
+            futures = [pool.submit(get, address, port, host, left) for _round in range(workers)]
             reasons = []
             for future in futures:
                 try:
